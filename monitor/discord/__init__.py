@@ -1,0 +1,1 @@
+"""Talking to Discord: REST client with rate limiting, gateway probe, snowflakes."""

@@ -1,0 +1,186 @@
+"""Every metric of DESIGN section 8, created on a registry passed in (never the global one)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from monitor import __version__
+
+BREAKER_STATES = ("closed", "open", "half_open", "forced_open")
+TEMP_CHANNEL_STATES = ("active", "empty", "stale", "leaked")
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_GATE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class Metrics:
+    """Holds the daemon's metrics. Tests give each instance its own registry."""
+
+    def __init__(self, registry: CollectorRegistry, *, process_metrics: bool = False) -> None:
+        self.registry = registry
+        r = registry
+        if process_metrics:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+        self.probe_success = Gauge(
+            "cdpmon_probe_success",
+            "1 if the last probe run succeeded",
+            ["probe"],
+            registry=r,
+        )
+        self.probe_duration = Gauge(
+            "cdpmon_probe_duration_seconds", "Duration of the last probe run", ["probe"], registry=r
+        )
+        self.gateway_latency = Gauge(
+            "cdpmon_gateway_latency_seconds",
+            "Gateway probe latency of the last run by phase",
+            ["phase"],
+            registry=r,
+        )
+        self.health_failure_ratio = Gauge(
+            "cdpmon_health_failure_ratio", "Failure ratio in the health window", registry=r
+        )
+        self.health_slow_ratio = Gauge(
+            "cdpmon_health_slow_ratio", "Slow ratio in the health window", registry=r
+        )
+        self.breaker_state = Gauge(
+            "cdpmon_breaker_state", "1 for the breaker's current state", ["state"], registry=r
+        )
+        self.breaker_transitions = Counter(
+            "cdpmon_breaker_transitions", "Breaker transitions by target state", ["to"], registry=r
+        )
+        self.paused = Gauge("cdpmon_paused", "1 while a manual pause is in force", registry=r)
+        self.discord_requests = Counter(
+            "cdpmon_discord_requests",
+            "Requests sent to Discord by route template, method and status code",
+            ["route", "method", "code"],
+            registry=r,
+        )
+        self.discord_request_duration = Histogram(
+            "cdpmon_discord_request_duration_seconds",
+            "Duration of Discord requests",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.discord_retries = Counter(
+            "cdpmon_discord_retries",
+            "Retries of Discord requests by reason",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.discord_ratelimited = Counter(
+            "cdpmon_discord_ratelimited",
+            "429 answers from Discord by scope (user, global, shared)",
+            ["scope"],
+            registry=r,
+        )
+        self.discord_invalid_requests = Counter(
+            "cdpmon_discord_invalid_requests",
+            "401/403/429 answers (they count toward Cloudflare's ban threshold)",
+            registry=r,
+        )
+        self.discord_malformed = Counter(
+            "cdpmon_discord_malformed_responses",
+            "Discord answers that were not the JSON expected",
+            ["route"],
+            registry=r,
+        )
+        self.discord_token_invalid = Gauge(
+            "cdpmon_discord_token_invalid",
+            "1 once Discord answered 401: the monitor stopped calling Discord",
+            registry=r,
+        )
+        self.session_starts_remaining = Gauge(
+            "cdpmon_discord_session_starts_remaining",
+            "session_start_limit.remaining from GET /gateway/bot",
+            registry=r,
+        )
+        self.guild_channels = Gauge(
+            "cdpmon_guild_channels", "Channels in the guild", ["guild"], registry=r
+        )
+        self.guild_channel_limit = Gauge(
+            "cdpmon_guild_channel_limit", "Channel limit of the guild", ["guild"], registry=r
+        )
+        self.temp_channels = Gauge(
+            "cdpmon_temp_channels",
+            "Temporary (CDP) channels by state",
+            ["guild", "state"],
+            registry=r,
+        )
+        self.guild_channel_exhaustion = Gauge(
+            "cdpmon_guild_channel_exhaustion_seconds",
+            "Seconds until the channel limit at the recent growth rate (+Inf if not growing)",
+            ["guild"],
+            registry=r,
+        )
+        self.channels_deleted = Counter(
+            "cdpmon_channels_deleted",
+            "Channels deleted by the reconciler by reason",
+            ["guild", "reason"],
+            registry=r,
+        )
+        self.reconcile_runs = Counter(
+            "cdpmon_reconcile_runs", "Reconcile runs by result", ["result"], registry=r
+        )
+        self.reconcile_last_success = Gauge(
+            "cdpmon_reconcile_last_success_timestamp_seconds",
+            "Unix time of the last successful reconcile run",
+            registry=r,
+        )
+        self.gate_requests = Counter(
+            "cdpmon_gate_requests", "Requests seen by the gate", ["kind", "decision"], registry=r
+        )
+        self.gate_inflight = Gauge(
+            "cdpmon_gate_inflight", "Requests in flight through the gate", ["kind"], registry=r
+        )
+        self.gate_request_duration = Histogram(
+            "cdpmon_gate_request_duration_seconds",
+            "Duration of requests through the gate",
+            ["kind"],
+            buckets=_GATE_BUCKETS,
+            registry=r,
+        )
+        self.cdp_create_retries = Counter(
+            "cdpmon_cdp_channel_create_retries",
+            "Channel-create retries seen in CDP's log",
+            registry=r,
+        )
+        self.cdp_create_failures = Counter(
+            "cdpmon_cdp_channel_create_failures",
+            "Channel-create failures seen in CDP's log by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.build_info = Gauge("cdpmon_build_info", "Build information", ["version"], registry=r)
+        self.config_last_reload_successful = Gauge(
+            "cdpmon_config_last_reload_successful",
+            "1 if the last configuration (re)load succeeded",
+            registry=r,
+        )
+        self.loop_restarts = Counter(
+            "cdpmon_loop_restarts", "Supervised loop restarts after a crash", ["loop"], registry=r
+        )
+        self.loop_up = Gauge(
+            "cdpmon_loop_up", "1 while the supervised loop is running", ["loop"], registry=r
+        )
+        self.action_failures = Counter(
+            "cdpmon_action_failures", "Failed breaker actions", ["kind"], registry=r
+        )
+        self.build_info.labels(version=__version__).set(1)
+        self.config_last_reload_successful.set(1)
+        self.discord_token_invalid.set(0)
+        self.paused.set(0)
+        self.set_breaker_state("closed")
+
+    def set_breaker_state(self, state: str) -> None:
+        for s in BREAKER_STATES:
+            self.breaker_state.labels(state=s).set(1 if s == state else 0)

@@ -1,0 +1,1 @@
+"""Simulators: Discord (REST + gateway) and the CDP emulator."""
