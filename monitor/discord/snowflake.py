@@ -10,7 +10,9 @@ def snowflake_time(snowflake: int | str) -> float:
     return ((int(snowflake) >> 22) + DISCORD_EPOCH_MS) / 1000.0
 
 
-def make_snowflake(unix_seconds: float, worker: int = 0, process: int = 0, increment: int = 0) -> int:
+def make_snowflake(
+    unix_seconds: float, worker: int = 0, process: int = 0, increment: int = 0
+) -> int:
     """Build a snowflake for a given creation time (used by the simulator)."""
     ms = int(unix_seconds * 1000) - DISCORD_EPOCH_MS
     if ms < 0:
