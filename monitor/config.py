@@ -491,7 +491,8 @@ class SignalsConfig(_Section):
 class HealthConfig(_Section):
     window: PositiveDuration = 120.0
     min_samples: Annotated[Int, Field(ge=1)] = 3
-    failure_ratio: Fraction = 0.5
+    source_min_samples: Annotated[Int, Field(ge=1)] = 6
+    failure_ratio: Fraction = 0.3
     slow_ratio: Fraction = 0.5
     evaluate_interval: PositiveDuration = 5.0
 

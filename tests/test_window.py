@@ -251,3 +251,26 @@ def test_evaluate_invariants(samples: list[Sample]) -> None:
         assert v.failure_ratio >= 0.5 or v.slow_ratio >= 0.5
     # Order does not matter.
     assert evaluate(list(reversed(samples)), NOW, SETTINGS) == v
+
+
+def test_one_failing_source_is_judged_on_its_own() -> None:
+    settings = WindowSettings(window=120, min_samples=3, failure_ratio=0.3, source_min_samples=6)
+    now = 1000.0
+    # 8 gateway probes, 3 refused; 12 healthy REST samples dilute them to 3/20 overall.
+    samples = [Sample("gateway", now - 100 + i * 12, i < 5, 0.1) for i in range(8)]
+    samples += [Sample("rest", now - 110 + i * 9, True, 0.1) for i in range(12)]
+    verdict = evaluate(samples, now, settings)
+    assert verdict.unstable
+    assert verdict.reason.startswith("gateway failure ratio 0.38 >= 0.30 over 8 gateway samples")
+    assert verdict.failure_ratio == 3 / 8
+
+
+def test_a_source_with_few_samples_is_not_judged_alone() -> None:
+    settings = WindowSettings(window=120, min_samples=3, failure_ratio=0.3, source_min_samples=6)
+    now = 1000.0
+    # One REST timeout in 4 REST probes is noise; overall it is 1 in 12.
+    samples = [Sample("rest", now - 100 + i * 30, i != 0, 0.1) for i in range(4)]
+    samples += [Sample("gateway", now - 110 + i * 15, True, 0.1) for i in range(8)]
+    verdict = evaluate(samples, now, settings)
+    assert not verdict.unstable and verdict.conclusive
+    assert verdict.failure_ratio == 1 / 12

@@ -68,6 +68,9 @@ class WindowSettings:
 
     window: float = 120.0
     min_samples: int = 5
+    # A single source is judged on its own only with this many samples in the window:
+    # 1 failure in 3 REST probes is noise, 3 in 8 gateway probes is an outage.
+    source_min_samples: int = 6
     failure_ratio: float = 0.3
     slow_ratio: float = 0.5
     # Per source: a sample whose duration exceeds this is slow. Sources absent here
@@ -138,7 +141,9 @@ def evaluate(samples: Iterable[Sample], now: float, settings: WindowSettings) ->
     Failure ratio = failed / total; slow ratio = slow / total, where slow means a
     duration above the source's threshold whether or not the sample failed (a slow
     failure is both). Unstable when either ratio reaches its threshold with at least
-    `min_samples` samples; fewer samples are inconclusive and never unstable.
+    `min_samples` samples, overall or for any one source with `source_min_samples`
+    samples (the reported ratio is then that source's); fewer samples are inconclusive
+    and never unstable.
     """
     start = now - settings.window
     counts: dict[str, list[int]] = {}
@@ -181,6 +186,21 @@ def evaluate(samples: Iterable[Sample], now: float, settings: WindowSettings) ->
         reason = f"slow ratio {sr:.2f} >= {settings.slow_ratio:.2f} {over}"
     else:
         reason = f"healthy: failure ratio {fr:.2f}, slow ratio {sr:.2f} {over}"
+        # A source failing on its own (the gateway down while REST answers) is
+        # diluted by the healthy ones overall; judge each source with enough samples too.
+        for name, st in sorted(by_source.items()):
+            if st.total < max(settings.min_samples, settings.source_min_samples):
+                continue
+            s_fr, s_sr = st.failures / st.total, st.slow / st.total
+            s_over = f"over {st.total} {name} samples in {span}"
+            if s_fr >= settings.failure_ratio:
+                fr = s_fr
+                reason = f"{name} failure ratio {s_fr:.2f} >= {settings.failure_ratio:.2f} {s_over}"
+                break
+            if s_sr >= settings.slow_ratio:
+                sr = s_sr
+                reason = f"{name} slow ratio {s_sr:.2f} >= {settings.slow_ratio:.2f} {s_over}"
+                break
     return Verdict(
         unstable=fr >= settings.failure_ratio or sr >= settings.slow_ratio,
         failure_ratio=fr,
