@@ -21,10 +21,11 @@ from prometheus_client import CollectorRegistry
 from monitor import USER_AGENT
 from monitor.actions import ActionRunner
 from monitor.clock import SYSTEM_CLOCK, Clock
-from monitor.config import Config, load_config
+from monitor.config import Config, HostPort, load_config
 from monitor.control import Unavailable, build_control_app
 from monitor.discord.rest import DiscordRestClient
 from monitor.errors import ConfigError, MonitorError
+from monitor.gate import Gate, new_upstream_session
 from monitor.health.breaker import BreakerSettings, HealthBreaker
 from monitor.health.cdplog import CdpLogEvent, CdpLogSignal, follow_command, follow_file
 from monitor.health.probes import (
@@ -217,6 +218,10 @@ class Daemon:
         self._actions: ActionRunner | None = None
         self._probe_ctx: ProbeContext | None = None
         self._runner: web.AppRunner | None = None
+        self._gate_runner: web.AppRunner | None = None
+        self._upstream: aiohttp.ClientSession | None = None
+        self.gate: Gate | None = None
+        self.gate_url: str | None = None
 
     # -- construction ---------------------------------------------------------------
 
@@ -358,11 +363,21 @@ class Daemon:
             "probes": {name: r.as_dict() for name, r in sorted(self.probe_results.items())},
             "channels": None,
             "reconcile": None,
-            "gate": None,
+            "gate": None if self.gate is None else self.gate.status(),
             "discord": {"token_invalid": self._rest.token_invalid if self._rest else False},
             "loops": self.supervisor.status(),
             "ready": self._ready.is_set(),
         }
+
+    def health_machinery_ok(self) -> bool:
+        """False when evaluations stopped (a crashed or stuck loop): the gate fails open."""
+        loop = self.supervisor.loops.get("evaluate")
+        if loop is not None and not loop.up:
+            return False
+        if loop is None or self.last_evaluation is None:
+            return True  # not started, or the first evaluation is still to come
+        stale_after = max(5.0, 3 * self.config.health.evaluate_interval)
+        return self.clock.time() - self.last_evaluation <= stale_after
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         return self.supervisor.alive(), {"loops": self.supervisor.status()}
@@ -396,6 +411,8 @@ class Daemon:
             logger=self.log,
         )
         await self._start_control()
+        if self.config.gate.enabled:
+            await self._start_gate()
         for name in enabled_probes(self.config):
             self.supervisor.start(f"probe:{name}", functools.partial(self._probe_loop, name))
         if not enabled_probes(self.config):
@@ -411,34 +428,62 @@ class Daemon:
         cfg = self.config.control
         token = cfg.token.get_secret_value() if cfg.token is not None else None
         app = build_control_app(self, registry=self.registry, token=token)
-        self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        self._runner, self.control_url = await self._serve(
+            app, "control.listen", cfg.listen_address
         )
-        await self._runner.setup()
-        address = cfg.listen_address
-        site = web.TCPSite(self._runner, address.host, address.port)
+
+    async def _serve(
+        self, app: web.Application, key: str, address: HostPort
+    ) -> tuple[web.AppRunner, str]:
+        """Start `app` on `address`; returns the runner and the URL it answers on."""
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, address.host, address.port)
         try:
             await site.start()
         except OSError as exc:
-            await self._runner.cleanup()
+            await runner.cleanup()
             raise MonitorError(
-                f"control.listen {cfg.listen}: cannot listen: {exc.strerror}"
+                f"{key} {address.host}:{address.port}: cannot listen: {exc.strerror}"
             ) from None
-        server = site._server
         port = address.port
-        if isinstance(server, asyncio.base_events.Server) and server.sockets:
-            port = server.sockets[0].getsockname()[1]
-        host = address.host if ":" not in address.host else f"[{address.host}]"
-        self.control_url = f"http://{host}:{port}"
+        if runner.addresses:
+            port = runner.addresses[0][1]
+        host = address.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        host = host if ":" not in host else f"[{host}]"
+        return runner, f"http://{host}:{port}"
+
+    async def _start_gate(self) -> None:
+        cfg = self.config.gate
+        self._upstream = new_upstream_session()
+        self.gate = Gate(
+            cfg,
+            breaker=lambda: self.breaker,
+            metrics=self.metrics,
+            clock=self.clock,
+            logger=self.log,
+            session=self._upstream,
+            health_ok=self.health_machinery_ok,
+            add_sample=self.add_sample if self.config.signals.gate else None,
+        )
+        self._gate_runner, self.gate_url = await self._serve(
+            self.gate.app(), "gate.listen", cfg.listen_address
+        )
 
     async def stop(self) -> None:
         """Shut down in order: loops, actions, control API, session; bounded in time."""
         await self.supervisor.stop(timeout=SHUTDOWN_BOUND / 2)
         if self._actions is not None:
             await self._actions.drain(timeout=0.5)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        for runner in (self._gate_runner, self._runner):
+            if runner is not None:
+                await runner.cleanup()
+        self._gate_runner = self._runner = None
+        if self._upstream is not None:
+            await self._upstream.close()
+            self._upstream = None
         if self._session is not None:
             await self._session.close()
             self._session = None
