@@ -113,8 +113,6 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 async def _run_sim(args: argparse.Namespace) -> int:
     from monitor.sim.discord import DiscordSimulator, SimSettings
 
-    if args.cdp:
-        raise UsageError("--cdp: the CDP emulator is not part of this version yet")
     extra = {} if args.guild_id is None else {"guild_id": args.guild_id}
     settings = SimSettings(
         token=args.token, channel_limit=args.channel_limit, seed=args.seed, **extra
@@ -125,8 +123,27 @@ async def _run_sim(args: argparse.Namespace) -> int:
         await sim.start(args.host, args.port)
     except OSError as exc:
         raise MonitorError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
-    print(json.dumps(sim.urls()), flush=True)
+    info = sim.urls()
+    emulator = None
+    if args.cdp:
+        from monitor.sim.cdp import CdpEmulator, CdpSettings
+
+        emulator = CdpEmulator(
+            CdpSettings(
+                discord_api_base=sim.api_base, guild_id=settings.guild_id, token=settings.token
+            )
+        )
+        try:
+            await emulator.start(args.host, args.cdp_port)
+        except OSError as exc:
+            await sim.stop()
+            raise MonitorError(f"cannot listen on {args.host}:{args.cdp_port}: {exc}") from exc
+        info["cdp_url"] = emulator.base_url
+        info["cdp_admin_url"] = emulator.admin_url
+    print(json.dumps(info), flush=True)
     await stop.wait()
+    if emulator is not None:
+        await emulator.stop()
     await sim.stop()
     return EXIT_OK
 

@@ -225,7 +225,10 @@ class Gate:
         deadline = time.monotonic() + self.config.queue_wait
         self._waiting += 1
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.config.queue_wait)
+            if self._slots.locked():
+                await asyncio.wait_for(self._slots.acquire(), self.config.queue_wait)
+            else:
+                await self._slots.acquire()  # free slot: no wait_for (a 0s wait would refuse)
         except TimeoutError:
             self._count("create", "queue_full")
             return _error(
@@ -239,7 +242,7 @@ class Gate:
             self._waiting -= 1
         try:
             wait = self._rate.wait_time()
-            if wait > deadline - time.monotonic():
+            if wait > 0 and wait > deadline - time.monotonic():
                 self._rate.refund()
                 self._count("create", "queue_full")
                 return _error(

@@ -38,8 +38,9 @@ def fast_config_dict(sim: DiscordSimulator, state_dir: Path, **extra: Any) -> di
             "max_retries": 0,
         },
         "probes": {
-            "gateway": {"interval": "100ms", "timeout": "1s", "slow": "500ms"},
-            "rest": {"interval": "100ms", "timeout": "1s", "slow": "500ms"},
+            # Generous timeouts: a loaded 2-core CI machine must not look like an outage.
+            "gateway": {"interval": "100ms", "timeout": "3s", "slow": "2s"},
+            "rest": {"interval": "100ms", "timeout": "3s", "slow": "2s"},
             "cdp": {"enabled": False},
         },
         "health": {

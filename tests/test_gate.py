@@ -1,0 +1,375 @@
+"""The gate end to end: real openai client -> gate (in the daemon) -> CDP emulator -> simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from monitor.daemon import Daemon
+from monitor.gate import is_create_request
+from monitor.sim.cdp import CdpEmulator, CdpSettings
+from monitor.sim.discord import DiscordSimulator
+from tests.daemon_util import fast_config, running_daemon, wait_for
+
+MESSAGES: Any = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture
+def cdp_settings(discord_sim: DiscordSimulator) -> CdpSettings:
+    return CdpSettings(
+        discord_api_base=discord_sim.api_base,
+        guild_id=discord_sim.settings.guild_id,
+        token=discord_sim.settings.token,
+        reply_delay=0.05,
+        auto_delete=0.2,
+        stream_chunks=5,
+        stream_chunk_delay=0.05,
+    )
+
+
+@pytest.fixture
+async def cdp(cdp_settings: CdpSettings) -> AsyncIterator[CdpEmulator]:
+    emulator = CdpEmulator(cdp_settings)
+    await emulator.start("127.0.0.1", 0)
+    try:
+        yield emulator
+    finally:
+        await emulator.stop()
+
+
+def gate_config_extra(cdp: CdpEmulator, **gate: Any) -> dict[str, Any]:
+    return {
+        "gate": {
+            "enabled": True,
+            "listen": "127.0.0.1:0",
+            "upstream": cdp.base_url,
+            "max_concurrent_creates": 4,
+            "queue_wait": "2s",
+            **gate,
+        }
+    }
+
+
+@pytest.fixture
+async def daemon(
+    discord_sim: DiscordSimulator, cdp: CdpEmulator, tmp_path: Path
+) -> AsyncIterator[Daemon]:
+    config = fast_config(discord_sim, tmp_path / "state", **gate_config_extra(cdp))
+    async with running_daemon(config) as d:
+        await wait_for(d.ready, what="ready")
+        yield d
+
+
+def client(daemon: Daemon, **kwargs: Any) -> openai.AsyncOpenAI:
+    assert daemon.gate_url is not None
+    kwargs.setdefault("max_retries", 0)
+    return openai.AsyncOpenAI(base_url=daemon.gate_url + "/v1", api_key="sk-test", **kwargs)
+
+
+async def cdp_state(http: aiohttp.ClientSession, cdp: CdpEmulator) -> dict[str, Any]:
+    async with http.get(cdp.admin_url + "/state") as resp:
+        state: dict[str, Any] = await resp.json()
+        return state
+
+
+async def seeded_channel(http: aiohttp.ClientSession, sim: DiscordSimulator) -> str:
+    async with http.post(
+        f"{sim.admin_url}/guilds/{sim.settings.guild_id}/channels",
+        json={"count": 1, "prefix": "general-"},
+    ) as resp:
+        channel_id: str = (await resp.json())["channels"][0]
+        return channel_id
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "default_channel", "expected"),
+    [
+        ("POST", "/v1/chat/completions", b'{"model": "m"}', False, True),
+        ("POST", "/v1/chat/completions", b'{"channelId": ""}', False, True),
+        ("POST", "/v1/chat/completions", b'{"channelId": "  "}', False, True),
+        ("POST", "/v1/chat/completions", b'{"channelId": "123"}', False, False),
+        ("POST", "/v1/chat/completions", b'{"model": "m"}', True, False),
+        ("POST", "/v1/images/generations", b'{"prompt": "p"}', False, True),
+        ("POST", "/v1/chat/completions", b"not json", False, True),
+        ("POST", "/api/channel/create", b"{}", True, True),
+        ("POST", "/api/thread/create", b"{}", False, True),
+        ("GET", "/v1/models", b"", False, False),
+        ("GET", "/v1/chat/completions", b"", False, False),
+        ("POST", "/v1/embeddings", b"{}", False, False),
+    ],
+)
+def test_is_create_request(
+    method: str, path: str, body: bytes, default_channel: bool, expected: bool
+) -> None:
+    assert is_create_request(method, path, body, cdp_default_channel=default_channel) is expected
+
+
+async def test_openai_chat_stream_and_images_through_the_gate(
+    daemon: Daemon, cdp: CdpEmulator, discord_sim: DiscordSimulator, http: aiohttp.ClientSession
+) -> None:
+    ai = client(daemon)
+    raw = await ai.chat.completions.with_raw_response.create(model="coze", messages=MESSAGES)
+    completion = raw.parse()
+    assert completion.choices[0].message.content
+    request_id = raw.headers["X-Request-Id"]
+    # CDP created (and will delete) the channel named after the request.
+    names = {c.name for c in discord_sim.state.channels.values()}
+    deleted = f"cdp-chat-{request_id.lower()}" not in names
+    assert deleted or f"cdp-chat-{request_id.lower()}" in names
+
+    stream = await ai.chat.completions.create(model="coze", messages=MESSAGES, stream=True)
+    chunks = 0
+    async for chunk in stream:
+        if chunks == 0:
+            # The first chunk is here while the emulator is still streaming the rest.
+            assert (await cdp_state(http, cdp))["requests_in_flight"] >= 1
+        chunks += 1
+        assert chunk.object == "chat.completion.chunk"
+    assert chunks >= 5
+
+    image = await ai.images.generate(prompt="a cat", model="coze")
+    assert image.data and image.data[0].url
+
+    decisions = daemon.metrics.gate_requests
+    assert decisions.labels(kind="create", decision="forwarded")._value.get() == 3
+
+
+async def test_open_breaker_refuses_creates_but_passes_the_rest(
+    daemon: Daemon, cdp: CdpEmulator, discord_sim: DiscordSimulator, http: aiohttp.ClientSession
+) -> None:
+    channel_id = await seeded_channel(http, discord_sim)
+    before = (await cdp_state(http, cdp))["channels_created"]
+    now = daemon.clock.time()
+    for _ in range(3):
+        daemon.breaker.record(True, now, reason="test outage")
+    assert daemon.breaker.state == "open"
+    ai = client(daemon)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await ai.chat.completions.create(model="coze", messages=MESSAGES)
+    err = caught.value
+    assert err.status_code == 503
+    assert 1 <= int(err.response.headers["Retry-After"]) <= 120
+    assert err.body is not None and err.body["code"] == "discord_unstable"  # type: ignore[index]
+    assert err.response.json()["error"]["type"] == "server_error"
+
+    # channelId requests and /v1/models pass while open.
+    reply = await ai.chat.completions.create(
+        model="coze", messages=MESSAGES, extra_body={"channelId": channel_id}
+    )
+    assert reply.choices[0].message.content
+    models = await ai.models.list()
+    assert models.data is not None
+    assert (await cdp_state(http, cdp))["channels_created"] == before
+
+
+async def test_paused_gate_says_paused_and_passes_the_rest(
+    daemon: Daemon, cdp: CdpEmulator, discord_sim: DiscordSimulator, http: aiohttp.ClientSession
+) -> None:
+    channel_id = await seeded_channel(http, discord_sim)
+    await daemon.pause(600, "maintenance window")
+    ai = client(daemon)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await ai.images.generate(prompt="x", model="coze")
+    assert caught.value.status_code == 503
+    body = caught.value.response.json()["error"]
+    assert body["code"] == "paused" and "maintenance window" in body["message"]
+    assert int(caught.value.response.headers["Retry-After"]) == 120  # capped
+    stream = await ai.chat.completions.create(
+        model="coze", messages=MESSAGES, stream=True, extra_body={"channelId": channel_id}
+    )
+    assert [c async for c in stream]
+    assert (await ai.models.list()).data is not None
+
+
+async def test_client_with_retries_waits_as_told_and_succeeds_after_close(
+    daemon: Daemon,
+) -> None:
+    await daemon.pause(1.2, "short pause")  # Retry-After: 2
+    ai = client(daemon, max_retries=2)
+    completion = await ai.chat.completions.create(model="coze", messages=MESSAGES)
+    assert completion.choices[0].message.content
+    refused = daemon.metrics.gate_requests.labels(kind="create", decision="refused_paused")
+    assert refused._value.get() >= 1
+    assert daemon.breaker.state == "closed"
+
+
+async def test_concurrency_cap_holds_and_nobody_hangs(
+    discord_sim: DiscordSimulator,
+    cdp_settings: CdpSettings,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    emulator = CdpEmulator(
+        CdpSettings(**{**cdp_settings.__dict__, "reply_delay": 0.2, "auto_delete": 0.1})
+    )
+    await emulator.start("127.0.0.1", 0)
+    try:
+        config = fast_config(
+            discord_sim, tmp_path / "state", **gate_config_extra(emulator, queue_wait="1s")
+        )
+        async with running_daemon(config) as daemon:
+            await wait_for(daemon.ready, what="ready")
+            ai = client(daemon)
+
+            async def one() -> str:
+                try:
+                    await ai.chat.completions.create(model="coze", messages=MESSAGES)
+                    return "ok"
+                except openai.APIStatusError as exc:
+                    assert exc.status_code == 503
+                    return str(exc.response.json()["error"]["code"])
+
+            results = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(50))), 60)
+            state = await cdp_state(http, emulator)
+    finally:
+        await emulator.stop()
+    assert len(results) == 50
+    assert set(results) <= {"ok", "create_queue_full"}
+    assert results.count("ok") >= 4
+    assert 1 <= state["max_concurrent_creates"] <= 4
+
+
+async def test_upstream_down_is_502_and_oversized_body_413(
+    discord_sim: DiscordSimulator, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    config = fast_config(
+        discord_sim,
+        tmp_path / "state",
+        gate={
+            "enabled": True,
+            "listen": "127.0.0.1:0",
+            "upstream": "http://127.0.0.1:9",  # nothing listens on the discard port
+            "max_body": "1KiB",
+        },
+    )
+    async with running_daemon(config) as daemon:
+        async with http.get(f"{daemon.gate_url}/v1/models") as resp:
+            body = await resp.json()
+        assert resp.status == 502 and body["error"]["code"] == "upstream_unavailable"
+        async with http.post(f"{daemon.gate_url}/v1/chat/completions", data=b"x" * 2048) as resp:
+            body = await resp.json()
+        assert resp.status == 413 and body["error"]["code"] == "body_too_large"
+
+
+async def test_client_disconnect_mid_stream_releases_its_slot(
+    discord_sim: DiscordSimulator, cdp_settings: CdpSettings, tmp_path: Path
+) -> None:
+    emulator = CdpEmulator(
+        CdpSettings(**{**cdp_settings.__dict__, "stream_chunks": 50, "stream_chunk_delay": 0.1})
+    )
+    await emulator.start("127.0.0.1", 0)
+    try:
+        config = fast_config(
+            discord_sim,
+            tmp_path / "state",
+            **gate_config_extra(emulator, max_concurrent_creates=1, queue_wait="0s"),
+        )
+        async with running_daemon(config) as daemon:
+            assert daemon.gate is not None
+            body = {"model": "coze", "messages": MESSAGES, "stream": True}
+            async with aiohttp.ClientSession() as s:
+                resp = await s.post(f"{daemon.gate_url}/v1/chat/completions", json=body)
+                assert resp.status == 200, await resp.text()
+                await resp.content.readline()  # the first chunk arrived
+                assert daemon.gate.status()["inflight"]["create"] == 1
+                resp.close()  # the client walks away mid-stream
+            await wait_for(
+                lambda: daemon.gate is not None and daemon.gate.status()["inflight"]["create"] == 0,
+                what="slot released",
+            )
+            # The one slot is free again: the next create is admitted at once.
+            ai = client(daemon)
+            reply = await ai.chat.completions.create(model="coze", messages=MESSAGES, stream=False)
+            assert reply.choices[0].message.content
+            decided = daemon.metrics.gate_requests
+            assert decided.labels(kind="create", decision="client_disconnected")._value.get() == 1
+    finally:
+        await emulator.stop()
+
+
+async def test_failing_creates_are_health_samples_that_open_the_breaker(
+    discord_sim: DiscordSimulator, cdp: CdpEmulator, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # No probes: the gate's own samples are the only input, so they alone must trip it.
+    config = fast_config(
+        discord_sim,
+        tmp_path / "state",
+        probes={"gateway": {"enabled": False}, "rest": {"enabled": False}},
+        **gate_config_extra(cdp),
+    )
+    async with running_daemon(config) as daemon:
+        await _creates_fail_until_open(daemon, discord_sim, http)
+
+
+async def _creates_fail_until_open(
+    daemon: Daemon, discord_sim: DiscordSimulator, http: aiohttp.ClientSession
+) -> None:
+    fault = {"rest": {"error_rate": 1.0, "routes": ["POST /guilds/{guild_id}/channels"]}}
+    async with http.put(f"{discord_sim.admin_url}/faults", json=fault):
+        pass
+    ai = client(daemon)
+    statuses = []
+
+    async def one() -> None:
+        try:
+            await ai.chat.completions.create(model="coze", messages=MESSAGES)
+            statuses.append(200)
+        except openai.APIStatusError as exc:
+            statuses.append(exc.status_code)
+
+    for _ in range(40):
+        await asyncio.gather(*(one() for _ in range(4)))
+        if daemon.breaker.state == "open":
+            break
+    assert daemon.breaker.state == "open", statuses
+    assert 500 in statuses
+    reason = daemon.breaker.snapshot()["last_transition"]["reason"]
+    assert reason.startswith("failure ratio 1.00"), reason
+
+
+async def test_hold_mode_waits_for_the_breaker(
+    discord_sim: DiscordSimulator, cdp: CdpEmulator, tmp_path: Path
+) -> None:
+    config = fast_config(
+        discord_sim, tmp_path / "state", **gate_config_extra(cdp, when_open="hold", hold_max="10s")
+    )
+    async with running_daemon(config) as daemon:
+        await daemon.pause(0.5, "brief")
+        completion = await client(daemon).chat.completions.create(model="coze", messages=MESSAGES)
+        assert completion.choices[0].message.content
+        assert (
+            daemon.metrics.gate_requests.labels(kind="create", decision="forwarded")._value.get()
+            == 1
+        )
+
+
+async def test_gate_fails_open_when_health_evaluation_stops(
+    daemon: Daemon, http: aiohttp.ClientSession
+) -> None:
+    now = daemon.clock.time()
+    for _ in range(3):
+        daemon.breaker.record(True, now, reason="test outage")
+    assert daemon.breaker.state == "open"
+    # The evaluation loop dies and stays down: the gate must not keep CDP closed.
+    daemon.supervisor._base = 60.0
+    await daemon.supervisor.stop(timeout=1)
+    daemon.supervisor.loops["evaluate"].up = False
+    completion = await client(daemon).chat.completions.create(model="coze", messages=MESSAGES)
+    assert completion.choices[0].message.content
+    assert daemon.gate is not None and daemon.gate.status()["fail_open"] is True
+    assert (
+        daemon.metrics.gate_requests.labels(kind="create", decision="fail_open")._value.get() == 1
+    )
+    async with http.get(
+        f"{daemon.control_url}/status", headers={"Authorization": "Bearer control-secret"}
+    ) as resp:
+        status = await resp.json()
+    assert status["gate"]["fail_open"] is True
+    assert json.dumps(status)  # JSON-ready
