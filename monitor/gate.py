@@ -21,6 +21,8 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge, Histogram
 
 from monitor.clock import Clock
 from monitor.config import GateConfig
@@ -47,6 +49,11 @@ HOP_BY_HOP = frozenset(
 FAILURE_MARKERS = (b"30013", b"Maximum number of server channels", b"failed after 3 attempts")
 MAX_RETRY_AFTER = 120
 _FAILURE_PEEK = 64 * 1024  # bytes of an error body searched for the markers
+# A fixed-length upstream body up to this size is read whole and sent with the headers
+# in one write (a StreamResponse sends its headers on their own first); bigger or
+# chunked (SSE) bodies stream.
+_BUFFER_MAX = 64 * 1024
+_DROP_FORWARD = HOP_BY_HOP | {"host", "content-length"}
 
 
 class Ledger(Protocol):
@@ -96,10 +103,15 @@ def _error(status: int, code: str, message: str, retry_after: int | None = None)
     return web.json_response(body, status=status, headers=headers)
 
 
+def _drop_set(base: frozenset[str], headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    connection = headers.get("Connection")
+    if not connection:
+        return base
+    return base | {token.strip().lower() for token in connection.split(",")}
+
+
 def _forward_headers(headers: CIMultiDictProxy[str], remote: str | None) -> CIMultiDict[str]:
-    drop = set(HOP_BY_HOP) | {"host", "content-length"}
-    for token in headers.get("Connection", "").split(","):
-        drop.add(token.strip().lower())
+    drop = _drop_set(_DROP_FORWARD, headers)
     out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
     if remote:
         prior = headers.get("X-Forwarded-For")
@@ -108,9 +120,7 @@ def _forward_headers(headers: CIMultiDictProxy[str], remote: str | None) -> CIMu
 
 
 def _response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    drop = set(HOP_BY_HOP)
-    for token in headers.get("Connection", "").split(","):
-        drop.add(token.strip().lower())
+    drop = _drop_set(HOP_BY_HOP, headers)
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
@@ -168,6 +178,14 @@ class Gate:
         self._waiting = 0
         self._last_fail_open_log = 0.0
         self.fail_open = False
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=10, sock_read=config.upstream_timeout
+        )
+        # Labelled metric children, looked up once each: `labels()` costs a lock and
+        # validation on every call, a measurable share of a proxied request.
+        self._requests_child: dict[tuple[str, str], PromCounter] = {}
+        self._inflight_child: dict[str, Gauge] = {}
+        self._duration_child: dict[str, Histogram] = {}
 
     # -- status ---------------------------------------------------------------------
 
@@ -190,7 +208,24 @@ class Gate:
 
     def _count(self, kind: str, decision: str) -> None:
         self._decisions[decision] += 1
-        self._metrics.gate_requests.labels(kind=kind, decision=decision).inc()
+        child = self._requests_child.get((kind, decision))
+        if child is None:
+            child = self._metrics.gate_requests.labels(kind=kind, decision=decision)
+            self._requests_child[(kind, decision)] = child
+        child.inc()
+
+    def _inflight_gauge(self, kind: str) -> Gauge:
+        child = self._inflight_child.get(kind)
+        if child is None:
+            child = self._inflight_child[kind] = self._metrics.gate_inflight.labels(kind=kind)
+        return child
+
+    def _duration_histogram(self, kind: str) -> Histogram:
+        child = self._duration_child.get(kind)
+        if child is None:
+            child = self._metrics.gate_request_duration.labels(kind=kind)
+            self._duration_child[kind] = child
+        return child
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
@@ -259,8 +294,10 @@ class Gate:
 
     async def _admit(self) -> web.Response | None:
         """None to admit; else the refusal. Fails open if the health machinery is broken."""
-        if not self._health_ok():
+        # A deliberate pause needs no health verdict, so it holds even when failing open.
+        if not self._health_ok() and self._breaker().state != "forced_open":
             self.fail_open = True
+            self._metrics.gate_fail_open.set(1)
             now = time.monotonic()
             if now - self._last_fail_open_log > 30:
                 self._last_fail_open_log = now
@@ -270,6 +307,7 @@ class Gate:
             self._count("create", "fail_open")
             return None
         self.fail_open = False
+        self._metrics.gate_fail_open.set(0)
         deadline = time.monotonic() + (
             self.config.hold_max if self.config.when_open == "hold" else 0.0
         )
@@ -308,7 +346,7 @@ class Gate:
         url = self.config.upstream.rstrip("/") + request.rel_url.raw_path_qs
         headers = _forward_headers(request.headers, request.remote)
         self._inflight[kind] += 1
-        self._metrics.gate_inflight.labels(kind=kind).inc()
+        self._inflight_gauge(kind).inc()
         ok = False
         request_id: str | None = None
         try:
@@ -319,9 +357,7 @@ class Gate:
                     headers=headers,
                     data=body if body else None,
                     allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, sock_connect=10, sock_read=self.config.upstream_timeout
-                    ),
+                    timeout=self._timeout,
                 )
             except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
                 self._count(kind, "upstream_unavailable")
@@ -334,6 +370,28 @@ class Gate:
                 request_id = upstream.headers.get("X-Request-Id")
                 if create and request_id and self._ledger is not None:
                     self._ledger.opened(request_id, self._clock.time())
+                length = upstream.content_length
+                if length is not None and length <= _BUFFER_MAX:
+                    try:
+                        data = await upstream.read()
+                    except TimeoutError:
+                        self._count(kind, "upstream_timeout")
+                        return _error(
+                            504, "upstream_timeout", "CDP (the upstream) did not answer in time"
+                        )
+                    failure_seen = (
+                        create
+                        and upstream.status >= 400
+                        and any(m in data for m in FAILURE_MARKERS)
+                    )
+                    ok = upstream.status < 500 and not failure_seen
+                    self._count(kind, "forwarded")
+                    return web.Response(
+                        status=upstream.status,
+                        reason=upstream.reason,
+                        headers=_response_headers(upstream.headers),
+                        body=data,
+                    )
                 response = web.StreamResponse(
                     status=upstream.status,
                     reason=upstream.reason,
@@ -362,9 +420,9 @@ class Gate:
                 return response
         finally:
             self._inflight[kind] -= 1
-            self._metrics.gate_inflight.labels(kind=kind).dec()
+            self._inflight_gauge(kind).dec()
             duration = time.monotonic() - started
-            self._metrics.gate_request_duration.labels(kind=kind).observe(duration)
+            self._duration_histogram(kind).observe(duration)
             if create:
                 self._record_create(ok, request_id, duration)
 

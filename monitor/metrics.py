@@ -149,6 +149,11 @@ class Metrics:
             buckets=_GATE_BUCKETS,
             registry=r,
         )
+        self.gate_fail_open = Gauge(
+            "cdpmon_gate_fail_open",
+            "1 while the gate forwards creates unchecked because health evaluation is broken",
+            registry=r,
+        )
         self.cdp_create_retries = Counter(
             "cdpmon_cdp_channel_create_retries",
             "Channel-create retries seen in CDP's log",

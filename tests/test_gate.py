@@ -364,6 +364,7 @@ async def test_gate_fails_open_when_health_evaluation_stops(
     completion = await client(daemon).chat.completions.create(model="coze", messages=MESSAGES)
     assert completion.choices[0].message.content
     assert daemon.gate is not None and daemon.gate.status()["fail_open"] is True
+    assert daemon.metrics.gate_fail_open._value.get() == 1
     assert (
         daemon.metrics.gate_requests.labels(kind="create", decision="fail_open")._value.get() == 1
     )
@@ -373,3 +374,8 @@ async def test_gate_fails_open_when_health_evaluation_stops(
         status = await resp.json()
     assert status["gate"]["fail_open"] is True
     assert json.dumps(status)  # JSON-ready
+    # A deliberate pause still refuses: it needs no health verdict.
+    await daemon.pause(600, "operator")
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client(daemon).chat.completions.create(model="coze", messages=MESSAGES)
+    assert caught.value.response.json()["error"]["code"] == "paused"
