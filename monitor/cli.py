@@ -310,9 +310,31 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _not_yet(args: argparse.Namespace) -> int:
-    print(f"cdp-monitor {args.command}: not implemented in this version yet", file=sys.stderr)
-    return EXIT_USAGE
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    return asyncio.run(_reconcile_once(_config_path(args), args.dry_run))
+
+
+async def _reconcile_once(path: Path, dry_run: bool) -> int:
+    import aiohttp
+
+    from monitor import USER_AGENT
+    from monitor.config import load_config
+    from monitor.reconcile import format_report, reconcile_once
+
+    config = load_config(path)
+    async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
+        report = await reconcile_once(config, dry_run=dry_run, session=session)
+    print(format_report(report))
+    return EXIT_OK if report.result in ("ok", "dry_run") else EXIT_FAILURE
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from monitor.demo import run_demo
+
+    async def main() -> int:
+        return await run_demo(stop=_stop_event())
+
+    return asyncio.run(main())
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -320,9 +342,9 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run,
     "check-config": _cmd_check_config,
     "probe": _cmd_probe,
-    "reconcile": _not_yet,
+    "reconcile": _cmd_reconcile,
     "status": _cmd_status,
     "pause": _cmd_pause,
     "resume": _cmd_resume,
-    "demo": _not_yet,
+    "demo": _cmd_demo,
 }

@@ -566,6 +566,8 @@ class ReconcileConfig(_Section):
     settle_delay: Duration = 30.0
     cdp_auto_delete: Duration = 5.0
     ledger_grace: Duration = 120.0
+    census_interval: PositiveDuration = 60.0
+    list_spacing: PositiveDuration = 30.0
 
     @model_validator(mode="after")
     def _emergency_is_shorter(self) -> ReconcileConfig:

@@ -37,8 +37,10 @@ from monitor.health.probes import (
     run_probe,
 )
 from monitor.health.window import Sample, SampleWindow, Verdict, WindowSettings, evaluate
+from monitor.ledger import RequestLedger
 from monitor.logs import setup_logging
 from monitor.metrics import Metrics
+from monitor.reconcile import Reconciler
 from monitor.state import StateDir
 
 SHUTDOWN_BOUND = 4.0  # seconds; SIGTERM must finish well inside systemd's stop timeout
@@ -206,6 +208,8 @@ class Daemon:
         self.metrics = Metrics(registry, process_metrics=process_metrics)
         self.state_dir = StateDir(config.state_dir, logger=logger)
         self.window = SampleWindow()
+        self.ledger = RequestLedger(state_dir=self.state_dir, clock=clock, logger=logger)
+        self.reconciler: Reconciler | None = None
         self.breaker = self._new_breaker(config)
         self.supervisor = Supervisor(metrics=self.metrics, logger=logger, clock=clock)
         self.probe_results: dict[str, ProbeResult] = {}
@@ -337,6 +341,13 @@ class Daemon:
         signal_ = CdpLogSignal(metrics=self.metrics, sink=self._on_cdplog_event, logger=self.log)
         await signal_.consume(lines)
 
+    async def _reconcile_loop(self) -> None:
+        while True:
+            assert self.reconciler is not None
+            # Read the attribute each pass: a reload may have built a new reconciler.
+            await self.reconciler.step(self._breaker_state)
+            await self.clock.sleep(1.0)
+
     async def _watchdog_loop(self, interval: float) -> None:
         while True:
             # Only a healthy daemon pets the watchdog, so systemd restarts a sick one.
@@ -361,8 +372,11 @@ class Daemon:
             "paused": self.breaker.paused,
             "health": None if self.verdict is None else self.verdict.as_dict(),
             "probes": {name: r.as_dict() for name, r in sorted(self.probe_results.items())},
-            "channels": None,
-            "reconcile": None,
+            **(
+                self.reconciler.status()
+                if self.reconciler is not None
+                else {"channels": None, "reconcile": None}
+            ),
             "gate": None if self.gate is None else self.gate.status(),
             "discord": {"token_invalid": self._rest.token_invalid if self._rest else False},
             "loops": self.supervisor.status(),
@@ -394,7 +408,29 @@ class Daemon:
         self.breaker.resume(self.clock.time())
 
     async def reconcile(self, dry_run: bool) -> dict[str, Any]:
-        raise Unavailable("the reconciler is not part of this version yet")
+        if self.reconciler is None:
+            raise Unavailable("the daemon is not started")
+        report = await self.reconciler.run(dry_run=dry_run, trigger="api")
+        return report.as_dict()
+
+    def _breaker_state(self) -> tuple[str, float]:
+        self.breaker.tick(self.clock.time())
+        return self.breaker.state, self.breaker.since
+
+    def _new_reconciler(self, config: Config) -> Reconciler:
+        return Reconciler(
+            config.reconcile,
+            guild_id=config.discord.guild_id,
+            channel_limit=config.discord.channel_limit,
+            rest=self.rest,
+            ledger=self.ledger,
+            state_dir=self.state_dir,
+            metrics=self.metrics,
+            clock=self.clock,
+            logger=self.log,
+            census_interval=config.reconcile.census_interval,
+            min_list_spacing=config.reconcile.list_spacing,
+        )
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -418,6 +454,8 @@ class Daemon:
         if not enabled_probes(self.config):
             self._ready.set()
         self.supervisor.start("evaluate", self._evaluate_loop)
+        self.reconciler = self._new_reconciler(self.config)
+        self.supervisor.start("reconcile", self._reconcile_loop)
         if self.config.signals.cdp_log.enabled:
             self.supervisor.start("cdplog", self._cdplog_loop)
         interval = watchdog_interval(self.environ)
@@ -467,6 +505,7 @@ class Daemon:
             session=self._upstream,
             health_ok=self.health_machinery_ok,
             add_sample=self.add_sample if self.config.signals.gate else None,
+            ledger=self.ledger,
         )
         self._gate_runner, self.gate_url = await self._serve(
             self.gate.app(), "gate.listen", cfg.listen_address
@@ -477,6 +516,7 @@ class Daemon:
         await self.supervisor.stop(timeout=SHUTDOWN_BOUND / 2)
         if self._actions is not None:
             await self._actions.drain(timeout=0.5)
+        self.ledger.flush()  # failed requests' late channels must not be forgotten
         for runner in (self._gate_runner, self._runner):
             if runner is not None:
                 await runner.cleanup()
@@ -507,6 +547,10 @@ class Daemon:
             self.breaker.reconfigure(breaker_settings(new))
         if new.discord != old.discord and self._session is not None:
             self._rest = self._new_rest(new, self._session)
+            if self.reconciler is not None:
+                self.reconciler = self._new_reconciler(new)  # the loop takes it on its next pass
+        elif self.reconciler is not None:
+            self.reconciler.reconfigure(new.reconcile, channel_limit=new.discord.channel_limit)
         self.config = new
         if self._probe_ctx is not None:
             self._probe_ctx.config = new

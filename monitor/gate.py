@@ -347,7 +347,10 @@ class Gate:
         headers = _forward_headers(request.headers, request.remote)
         self._inflight[kind] += 1
         self._inflight_gauge(kind).inc()
-        ok = False
+        # Outcome of a create: `ok` feeds the health window (None: no sample), and the
+        # ledger entry is finished only when CDP is known to be done with the request.
+        ok: bool | None = False
+        finished = False
         request_id: str | None = None
         try:
             try:
@@ -385,6 +388,7 @@ class Gate:
                         and any(m in data for m in FAILURE_MARKERS)
                     )
                     ok = upstream.status < 500 and not failure_seen
+                    finished = True
                     self._count(kind, "forwarded")
                     return web.Response(
                         status=upstream.status,
@@ -407,15 +411,19 @@ class Gate:
                             failure_seen = failure_seen or any(m in chunk for m in FAILURE_MARKERS)
                         await response.write(chunk)
                 except TimeoutError:
+                    # CDP went quiet mid-answer: a failure, but CDP may still be using the
+                    # channel, so the ledger keeps the request open (its channel protected).
                     self._count(kind, "upstream_timeout")
                     return response
                 except ConnectionResetError:
-                    # The client went away mid-stream: not Discord's fault, no sample.
+                    # The client went away mid-stream: not Discord's fault, no sample; CDP
+                    # finishes the request on its own.
                     self._count(kind, "client_disconnected")
-                    create = False
+                    ok = None
                     return response
                 await response.write_eof()
                 ok = upstream.status < 500 and not failure_seen
+                finished = True
                 self._count(kind, "forwarded")
                 return response
         finally:
@@ -424,13 +432,15 @@ class Gate:
             duration = time.monotonic() - started
             self._duration_histogram(kind).observe(duration)
             if create:
-                self._record_create(ok, request_id, duration)
+                self._record_create(ok, finished, request_id, duration)
 
-    def _record_create(self, ok: bool, request_id: str | None, duration: float) -> None:
+    def _record_create(
+        self, ok: bool | None, finished: bool, request_id: str | None, duration: float
+    ) -> None:
         now = self._clock.time()
-        if self._add_sample is not None:
+        if ok is not None and self._add_sample is not None:
             self._add_sample(Sample("gate", now, ok, duration))
-        if request_id and self._ledger is not None:
+        if finished and request_id and self._ledger is not None:
             if ok:
                 self._ledger.completed(request_id, now)
             else:

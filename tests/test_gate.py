@@ -379,3 +379,29 @@ async def test_gate_fails_open_when_health_evaluation_stops(
     with pytest.raises(openai.APIStatusError) as caught:
         await client(daemon).chat.completions.create(model="coze", messages=MESSAGES)
     assert caught.value.response.json()["error"]["code"] == "paused"
+
+
+async def test_ledger_records_completed_and_failed_requests_across_restarts(
+    discord_sim: DiscordSimulator, cdp: CdpEmulator, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    config = fast_config(discord_sim, tmp_path / "state", **gate_config_extra(cdp))
+    async with running_daemon(config) as daemon:
+        ai = client(daemon)
+        raw = await ai.chat.completions.with_raw_response.create(model="coze", messages=MESSAGES)
+        done_id = raw.headers["X-Request-Id"]
+        fault = {"rest": {"error_rate": 1.0, "routes": ["POST /guilds/{guild_id}/channels"]}}
+        async with http.put(f"{discord_sim.admin_url}/faults", json=fault):
+            pass
+        with pytest.raises(openai.APIStatusError) as caught:
+            await ai.chat.completions.create(model="coze", messages=MESSAGES)
+        failed_id = caught.value.response.headers["X-Request-Id"]
+        done = daemon.ledger.lookup_channel_name(f"cdp-chat-{done_id}")
+        failed = daemon.ledger.lookup_channel_name(f"cdp-chat-{failed_id}")
+        assert done is not None and done.state == "completed"
+        assert failed is not None and failed.state == "failed"
+
+    # A restart (new daemon, same state dir) still knows both.
+    async with running_daemon(config) as daemon:
+        failed = daemon.ledger.lookup_channel_name(f"cdp-chat-{failed_id.lower()}")
+        assert failed is not None and failed.state == "failed"
+        assert daemon.ledger.get(done_id) is not None

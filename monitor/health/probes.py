@@ -60,8 +60,18 @@ class ProbeContext:
         if self.config.discord.gateway_url:
             return self.config.discord.gateway_url
         if self.gateway_url is None:
-            data = await self.rest.get_gateway()
-            url = data.get("url") if isinstance(data, dict) else None
+            # GET /gateway needs no token: asked without one, it keeps working after a
+            # 401 has made the REST client stop using the dead token.
+            url = None
+            try:
+                async with self.session.get(
+                    self.config.discord.api_base.rstrip("/") + "/gateway",
+                    timeout=aiohttp.ClientTimeout(total=self.config.probes.gateway.timeout),
+                ) as resp:
+                    data = await resp.json(content_type=None) if resp.status == 200 else None
+                    url = data.get("url") if isinstance(data, dict) else None
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                raise DiscordError(f"GET /gateway: {exc}", route="/gateway") from None
             if not isinstance(url, str) or not url:
                 raise DiscordError("GET /gateway answered without a url", route="/gateway")
             self.gateway_url = url
