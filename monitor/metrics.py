@@ -16,6 +16,11 @@ from monitor import __version__
 
 BREAKER_STATES = ("closed", "open", "half_open", "forced_open")
 TEMP_CHANNEL_STATES = ("active", "empty", "stale", "leaked")
+# Label values known up front get their counters created at 0, so `increase()` in an
+# alert sees the first event. (tests/test_metrics.py checks these match their modules.)
+RATELIMIT_SCOPES = ("user", "global", "shared")
+CDP_FAILURE_REASONS = ("timeout", "channel_limit", "retries_exhausted")
+RECONCILE_RESULTS = ("ok", "partial", "error", "dry_run")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _GATE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -180,6 +185,14 @@ class Metrics:
         self.action_failures = Counter(
             "cdpmon_action_failures", "Failed breaker actions", ["kind"], registry=r
         )
+        for state in BREAKER_STATES:
+            self.breaker_transitions.labels(to=state)
+        for scope in RATELIMIT_SCOPES:
+            self.discord_ratelimited.labels(scope=scope)
+        for reason in CDP_FAILURE_REASONS:
+            self.cdp_create_failures.labels(reason=reason)
+        for result in RECONCILE_RESULTS:
+            self.reconcile_runs.labels(result=result)
         self.build_info.labels(version=__version__).set(1)
         self.config_last_reload_successful.set(1)
         self.discord_token_invalid.set(0)

@@ -91,3 +91,26 @@ async def wait_for(predicate: Callable[[], bool], *, what: str, bound: float = 1
         if loop.time() > deadline:
             raise AssertionError(f"gave up waiting for {what} after {bound}s")
         await asyncio.sleep(0.02)
+
+
+def live_metrics_text(state_dir: Path) -> str:
+    """`/metrics` of a real daemon run against a fresh simulator (for sync fixtures)."""
+
+    async def main() -> str:
+        import aiohttp
+
+        sim = DiscordSimulator()
+        await sim.start()
+        try:
+            config = fast_config(sim, state_dir, reconcile={"enabled": True})
+            async with running_daemon(config) as daemon:
+                await wait_for(daemon.ready, what="ready")
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(f"{daemon.control_url}/metrics") as resp,
+                ):
+                    return await resp.text()
+        finally:
+            await sim.stop()
+
+    return asyncio.run(main())

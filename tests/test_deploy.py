@@ -35,7 +35,7 @@ from monitor.metrics import BREAKER_STATES, TEMP_CHANNEL_STATES, Metrics
 from monitor.reconcile import REASONS as DELETE_REASONS
 from monitor.reconcile import RESULTS as RECONCILE_RESULTS
 from monitor.sim.discord import DiscordSimulator
-from tests.daemon_util import fast_config_dict
+from tests.daemon_util import fast_config_dict, live_metrics_text
 from tests.prom_util import (
     PrometheusQueryError,
     free_port,
@@ -288,17 +288,21 @@ async def _wait_for_probes(
 
 
 @pytest.fixture(scope="module")
-def exported_names() -> set[str]:
-    """Every metric name the daemon exports, as PromQL sees it (counters with `_total`).
+def exported_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """Every metric name a live daemon's /metrics declares, as PromQL sees it.
 
-    From the registry's families, not generate_latest(): a labelled metric with no child
-    yet has no sample line. (To be switched to a live daemon's /metrics.)
+    From the `# TYPE` lines, not the samples: a labelled metric with no child yet (no
+    deletion so far, say) is declared but has no sample line.
     """
+    text = live_metrics_text(tmp_path_factory.mktemp("live") / "state")
     names: set[str] = set()
-    for family in Metrics(CollectorRegistry()).registry.collect():
-        names.add(family.name)
-        if family.type == "counter":
-            names.add(family.name + "_total")
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            names.add(name)
+            if kind == "counter" and not name.endswith("_total"):
+                names.add(name + "_total")
+    assert "cdpmon_breaker_state" in names  # the daemon really answered
     return names
 
 
