@@ -38,16 +38,6 @@ class PhaseResult:
         return self.deleted / self.seconds
 
 
-def busiest_window(times: list[float]) -> int:
-    """Most timestamps in any (t - 1, t] window, the simulator's own global-limit rule."""
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - 1.0:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
-
-
 async def seed(http: aiohttp.ClientSession, sim: DiscordSimulator, count: int) -> list[str]:
     url = f"{sim.admin_url}/guilds/{sim.settings.guild_id}/channels"
     async with http.post(url, json={"count": count, "prefix": "cdp-chat-"}) as resp:
@@ -83,14 +73,13 @@ async def run_phase(
     remaining = {str(c) for c in sim.state.channels}
     if remaining & set(ids):
         raise RuntimeError(f"{name}: {len(remaining & set(ids))} channels were not deleted")
-    times = [t for t, _route, _status in list(sim.state.request_log)[log_start:]]
     return PhaseResult(
         name=name,
         deleted=len(ids),
         seconds=seconds,
         client_429s=client.stats.ratelimited,
         sim_429s=sum(sim.state.ratelimited.values()) - sim_429_before,
-        busiest_second=busiest_window(times),
+        busiest_second=sim.state.busiest_second(log_start),
     )
 
 

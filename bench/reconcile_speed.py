@@ -62,16 +62,6 @@ class Phase:
         return self.requests / self.seconds
 
 
-def busiest_window(times: list[float]) -> int:
-    """Most timestamps in any (t - 1, t] window, the simulator's own global-limit rule."""
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - 1.0:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
-
-
 class Bench:
     def __init__(self, http: aiohttp.ClientSession, sim: DiscordSimulator) -> None:
         self.http = http
@@ -105,7 +95,7 @@ class Bench:
             requests=len(log),
             seconds=seconds,
             sim_429s=sum(self.sim.state.ratelimited.values()) - mark[1],
-            busiest_second=busiest_window([t for t, _route, _status in log]),
+            busiest_second=self.sim.state.busiest_second(mark[0]),
             runs=runs,
         )
 

@@ -37,6 +37,7 @@ from monitor.health.probes import (
     run_probe,
 )
 from monitor.health.window import Sample, SampleWindow, Verdict, WindowSettings, evaluate
+from monitor.httpserve import start_site
 from monitor.ledger import RequestLedger
 from monitor.logs import setup_logging
 from monitor.metrics import Metrics
@@ -474,19 +475,12 @@ class Daemon:
         self, app: web.Application, key: str, address: HostPort
     ) -> tuple[web.AppRunner, str]:
         """Start `app` on `address`; returns the runner and the URL it answers on."""
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, address.host, address.port)
         try:
-            await site.start()
+            runner, port = await start_site(app, address.host, address.port)
         except OSError as exc:
-            await runner.cleanup()
             raise MonitorError(
                 f"{key} {address.host}:{address.port}: cannot listen: {exc.strerror}"
             ) from None
-        port = address.port
-        if runner.addresses:
-            port = runner.addresses[0][1]
         host = address.host
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"

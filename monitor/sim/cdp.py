@@ -38,6 +38,7 @@ from aiohttp import web
 
 from monitor.clock import SYSTEM_CLOCK, Clock
 from monitor.errors import DiscordError, DiscordHTTPError, DiscordTimeout
+from monitor.httpserve import start_site
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -225,16 +226,8 @@ class CdpEmulator:
                 headers={"User-Agent": DISCORDGO_USER_AGENT},
                 timeout=aiohttp.ClientTimeout(total=None),
             )
-        self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None and isinstance(server, asyncio.base_events.Server)
+        self._runner, self.port = await start_site(self.app, host, port)
         self.host = host
-        self.port = server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self._runner is not None:

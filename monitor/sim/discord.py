@@ -27,6 +27,7 @@ from aiohttp import WSMsgType, web
 
 from monitor.clock import SYSTEM_CLOCK, Clock
 from monitor.discord.snowflake import make_snowflake, snowflake_time
+from monitor.httpserve import start_site
 
 API_PREFIX = "/api/v10"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -172,6 +173,17 @@ class SimState:
         self.global_window: deque[float] = deque()
         self.increment = 0
 
+    def busiest_second(self, since: int = 0) -> int:
+        """Most requests in any 1 s window (the global limit's own rule), counting the
+        request log from entry `since` on."""
+        times = [t for t, _route, _status in list(self.request_log)[since:]]
+        best, lo = 0, 0
+        for hi, t in enumerate(times):
+            while times[lo] <= t - 1.0:
+                lo += 1
+            best = max(best, hi - lo + 1)
+        return best
+
     def snapshot(self) -> dict[str, Any]:
         by_route: dict[str, dict[str, int]] = {}
         for (route, status), n in sorted(self.requests.items()):
@@ -223,16 +235,8 @@ class DiscordSimulator:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None and isinstance(server, asyncio.base_events.Server)
+        self._runner, self.port = await start_site(self.app, host, port)
         self.host = host
-        self.port = server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         for ws in list(self._sockets):
