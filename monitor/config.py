@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, Self
 from urllib.parse import urlsplit
 
 import yaml
@@ -418,33 +418,30 @@ class DiscordConfig(_Section):
     channel_limit: Annotated[Int, Field(ge=1)] = 500
 
 
-class GatewayProbeConfig(_Section):
+class _TimedProbeConfig(_Section):
+    """A probe whose runs can be slow without failing (gateway, rest)."""
+
     enabled: bool = True
-    interval: PositiveDuration = 15.0
+    interval: PositiveDuration
     timeout: PositiveDuration = 10.0
+    slow: PositiveDuration
+
+    @model_validator(mode="after")
+    def _slow_below_timeout(self) -> Self:
+        if self.slow >= self.timeout:
+            limit = format_duration(self.timeout)
+            raise _field_problems(("slow", f"must be less than timeout ({limit})"))
+        return self
+
+
+class GatewayProbeConfig(_TimedProbeConfig):
+    interval: PositiveDuration = 15.0
     slow: PositiveDuration = 1.0
 
-    @model_validator(mode="after")
-    def _slow_below_timeout(self) -> GatewayProbeConfig:
-        _check_slow(self.slow, self.timeout)
-        return self
 
-
-class RestProbeConfig(_Section):
-    enabled: bool = True
+class RestProbeConfig(_TimedProbeConfig):
     interval: PositiveDuration = 30.0
-    timeout: PositiveDuration = 10.0
     slow: PositiveDuration = 2.0
-
-    @model_validator(mode="after")
-    def _slow_below_timeout(self) -> RestProbeConfig:
-        _check_slow(self.slow, self.timeout)
-        return self
-
-
-def _check_slow(slow: float, timeout: float) -> None:
-    if slow >= timeout:
-        raise _field_problems(("slow", f"must be less than timeout ({format_duration(timeout)})"))
 
 
 class CdpProbeConfig(_Section):

@@ -850,13 +850,8 @@ class Reconciler:
         report = state.report
         try:
             fresh = await self._rest.get_channel(a.channel_id)
-        except DiscordNotFound:
-            report.gone.append({"id": str(a.channel_id), "name": a.name})
-            return
         except DiscordError as exc:
-            report.errors.append(_err(a, f"re-check: {exc}"))
-            if isinstance(exc, DiscordUnauthorized):
-                state.abort = "not attempted: Discord rejected the token"
+            self._discord_failed(state, a, "re-check", exc)
             return
         reason, why = recheck(
             a,
@@ -877,17 +872,22 @@ class Reconciler:
         # Shielded so a cancelled run never deletes without writing the audit line.
         await asyncio.shield(self._delete_and_audit(state, a, reason))
 
+    @staticmethod
+    def _discord_failed(state: _RunState, a: Action, step: str, exc: DiscordError) -> None:
+        """404 means already gone (not an error); a 401 stops the rest of the run."""
+        if isinstance(exc, DiscordNotFound):
+            state.report.gone.append({"id": str(a.channel_id), "name": a.name})
+            return
+        state.report.errors.append(_err(a, f"{step}: {exc}"))
+        if isinstance(exc, DiscordUnauthorized):
+            state.abort = "not attempted: Discord rejected the token"
+
     async def _delete_and_audit(self, state: _RunState, a: Action, reason: str) -> None:
         report = state.report
         try:
             await self._rest.delete_channel(a.channel_id)
-        except DiscordNotFound:
-            report.gone.append({"id": str(a.channel_id), "name": a.name})
-            return
         except DiscordError as exc:
-            report.errors.append(_err(a, f"delete: {exc}"))
-            if isinstance(exc, DiscordUnauthorized):
-                state.abort = "not attempted: Discord rejected the token"
+            self._discord_failed(state, a, "delete", exc)
             return
         report.deleted.append({"id": str(a.channel_id), "name": a.name, "reason": reason})
         self._metrics.channels_deleted.labels(guild=self._guild, reason=reason).inc()
