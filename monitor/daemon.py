@@ -300,6 +300,7 @@ class Daemon:
         settings = window_settings(self.config)
         self.window.prune(now, settings.window)
         samples: Iterable[Sample] = self.window
+        self.breaker.tick(now)  # an open period that just ended is half-open from now
         if self.breaker.state == "half_open":
             # Judge a trial only on what happened since it began: the outage's failures
             # still in the window would otherwise reopen a recovered breaker.

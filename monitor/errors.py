@@ -101,3 +101,7 @@ class StateError(MonitorError):
     def __init__(self, message: str, *, path: str = "") -> None:
         self.path = path
         super().__init__(f"{path}: {message}" if path else message)
+
+
+class ScenarioError(MonitorError):
+    """The demo/bench scenario could not run (a missing dependency, a daemon not starting)."""

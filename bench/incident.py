@@ -1,0 +1,150 @@
+"""Incident benchmark: the same outage without and with cdp-monitor, side by side.
+
+Runs the scenario of `monitor.sim.scenario` twice in one process, with the same seed:
+clients (the openai SDK, retrying as deployed clients do) send chat requests through CDP
+(the emulator, with CDP's real leak: timed-out create attempts still create their
+channels later); Discord (the simulator) becomes unstable for a while, then recovers.
+The first run has nothing in front of CDP; the second has cdp-monitor's gate, breaker
+and reconciler. Time is compressed the same way in both (CDP's attempt timeout of 1.5 s
+instead of 60 s, probes every 250 ms), so one invocation takes about a minute.
+
+    .venv/bin/python bench/incident.py [--rate 3] [--outage 10] [--kind slow]
+        [--attempt-timeout 1.5] [--seed 7] [--scenario incident|prefill]
+
+`--scenario prefill` starts with the guild 95% full of old leaked channels (475 of 500).
+The numbers are read from the simulator and the emulator (channels in the guild,
+Discord's 429s, CDP's log), not from the daemon's view of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from monitor.errors import MonitorError
+from monitor.sim.scenario import (
+    OUTAGE_KINDS,
+    SCENARIOS,
+    ScenarioSettings,
+    describe,
+    format_summary,
+    prefill_settings,
+    run_incident,
+)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}"
+
+
+def settings_from(args: argparse.Namespace) -> ScenarioSettings:
+    prefilled = args.scenario == "prefill"
+    prefill = args.prefill
+    if prefill is None:
+        prefill = round(0.95 * args.channel_limit) if prefilled else 0
+    base = prefill_settings() if prefilled else ScenarioSettings()
+    return replace(
+        base,
+        scenario=args.scenario,
+        seed=args.seed,
+        rate=args.rate,
+        healthy=args.healthy,
+        outage=args.outage,
+        outage_kind=args.kind,
+        after=args.after,
+        attempt_timeout=args.attempt_timeout,
+        client_retries=args.client_retries,
+        max_concurrent_creates=args.max_concurrent_creates,
+        when_open=args.when_open,
+        channel_limit=args.channel_limit,
+        prefill=prefill,
+        tail=base.tail if args.tail is None else args.tail,
+    )
+
+
+async def main(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from(args)
+    except ValueError as exc:
+        print(f"incident: {exc}", file=sys.stderr)
+        return 2
+    print(f"incident benchmark: {describe(settings)}")
+    print(f"machine: {machine()}")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="cdp-monitor-bench-") as tmp:
+        # The daemon's log would drown the table: keep it in a file.
+        logging.basicConfig(filename=str(Path(tmp) / "daemon.log"), level=logging.INFO, force=True)
+        try:
+            report = await run_incident(settings, workdir=Path(tmp))
+        except MonitorError as exc:
+            print(f"incident: {exc}", file=sys.stderr)
+            return 1
+    print(f"both runs took {time.monotonic() - started:.0f} s\n")
+    print(format_summary(report, detail=True))
+    return 0
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    d = ScenarioSettings()
+    p.add_argument("--scenario", choices=SCENARIOS, default=d.scenario)
+    p.add_argument("--rate", type=float, default=d.rate, help="client requests per second")
+    p.add_argument("--healthy", type=float, default=d.healthy, help="seconds before the outage")
+    p.add_argument("--outage", type=float, default=d.outage, help="outage length, seconds")
+    p.add_argument(
+        "--kind",
+        choices=sorted(OUTAGE_KINDS),
+        default=d.outage_kind,
+        help="\n".join(f"{k}: {v}" for k, v in OUTAGE_KINDS.items()),
+    )
+    p.add_argument("--after", type=float, default=d.after, help="seconds of load after recovery")
+    p.add_argument(
+        "--tail",
+        type=float,
+        default=None,
+        help="at most this long after the load, waiting for a clean guild\n"
+        f"(default {d.tail:g} s, {prefill_settings().tail:g} s for prefill)",
+    )
+    p.add_argument(
+        "--attempt-timeout",
+        type=float,
+        default=d.attempt_timeout,
+        help="CDP's per-attempt create timeout, seconds (60 in real CDP)",
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--client-retries", type=int, default=d.client_retries)
+    p.add_argument("--max-concurrent-creates", type=int, default=d.max_concurrent_creates)
+    p.add_argument(
+        "--when-open",
+        choices=("reject", "hold"),
+        default=d.when_open,
+        help=f"gate.when_open: refuse creates at once, or hold them up to {d.hold_max:g} s",
+    )
+    p.add_argument("--channel-limit", type=int, default=d.channel_limit)
+    p.add_argument(
+        "--prefill",
+        type=int,
+        default=None,
+        help="old leaked channels seeded first (default: 95%% of the limit for prefill)",
+    )
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args())))
