@@ -1,0 +1,87 @@
+"""The command line against a running daemon, and logging hygiene."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from monitor.config import parse_config
+from monitor.logs import JsonFormatter, RedactFilter
+from monitor.sim.discord import DiscordSimulator
+from tests.daemon_util import fast_config_dict, running_daemon
+
+
+async def cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "monitor",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_status_pause_resume_through_the_control_api(
+    discord_sim: DiscordSimulator, tmp_path: Path
+) -> None:
+    data = fast_config_dict(discord_sim, tmp_path / "state")
+    config = parse_config(yaml.safe_dump(data))
+    async with running_daemon(config) as daemon:
+        # The CLI reads the API's address and token from the same config file.
+        assert daemon.control_url is not None
+        data["control"]["listen"] = daemon.control_url.removeprefix("http://")
+        path = tmp_path / "monitor.yaml"
+        path.write_text(yaml.safe_dump(data))
+
+        rc, out, err = await cli("status", "--json", "-c", str(path))
+        assert rc == 0, err
+        assert json.loads(out)["breaker"]["state"] == "closed"
+
+        rc, out, err = await cli("pause", "--for", "10m", "--reason", "deploy", "-c", str(path))
+        assert rc == 0, err
+        assert "forced_open" in out and "deploy" in out
+        assert daemon.breaker.state == "forced_open"
+
+        rc, out, err = await cli("resume", "-c", str(path))
+        assert rc == 0, err
+        assert daemon.breaker.state == "closed"
+
+        rc, out, err = await cli("pause", "--for", "soon", "-c", str(path))
+        assert rc == 2 and "--for" in err and "Traceback" not in err
+
+        rc, out, err = await cli("status", "-c", str(path), "--token", "wrong")
+        assert rc == 1 and "HTTP 401" in err and "Traceback" not in err
+
+
+async def test_status_without_a_daemon_is_a_clear_error() -> None:
+    rc, _out, err = await cli("status", "--url", "http://127.0.0.1:9", "--token", "x")
+    assert rc == 1
+    assert "cannot reach the daemon's control API" in err and "Traceback" not in err
+
+
+def test_json_logs_redact_secrets() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactFilter(["Bot-s3cret-token"]))
+    log = logging.getLogger("cdp-monitor.test.redact")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("calling with %s failed", "Bot-s3cret-token")
+    finally:
+        log.removeHandler(handler)
+    record = json.loads(stream.getvalue())
+    assert record["level"] == "warning"
+    assert record["message"] == "calling with *** failed"
+    assert "s3cret" not in stream.getvalue()
