@@ -209,15 +209,8 @@ async def _probe_once(path: Path) -> int:
     log = logging.getLogger("cdp-monitor")
     failed = 0
     async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
-        d = config.discord
-        rest = DiscordRestClient(
-            session=session,
-            metrics=Metrics(CollectorRegistry()),
-            token=d.token.get_secret_value(),
-            api_base=d.api_base,
-            global_rate=d.global_rate,
-            max_retries=0,
-            timeout=d.request_timeout,
+        rest = DiscordRestClient.from_config(
+            config.discord, session=session, metrics=Metrics(CollectorRegistry()), max_retries=0
         )
         ctx = ProbeContext(
             config=config, session=session, rest=rest, clock=SYSTEM_CLOCK, logger=log

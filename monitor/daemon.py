@@ -243,17 +243,8 @@ class Daemon:
         return breaker
 
     def _new_rest(self, config: Config, session: aiohttp.ClientSession) -> DiscordRestClient:
-        d = config.discord
-        return DiscordRestClient(
-            session=session,
-            metrics=self.metrics,
-            token=d.token.get_secret_value(),
-            api_base=d.api_base,
-            clock=self.clock,
-            logger=self.log,
-            global_rate=d.global_rate,
-            max_retries=d.max_retries,
-            timeout=d.request_timeout,
+        return DiscordRestClient.from_config(
+            config.discord, session=session, metrics=self.metrics, clock=self.clock, logger=self.log
         )
 
     @property
@@ -420,18 +411,14 @@ class Daemon:
         return self.breaker.state, self.breaker.since
 
     def _new_reconciler(self, config: Config) -> Reconciler:
-        return Reconciler(
-            config.reconcile,
-            guild_id=config.discord.guild_id,
-            channel_limit=config.discord.channel_limit,
+        return Reconciler.from_config(
+            config,
             rest=self.rest,
             ledger=self.ledger,
             state_dir=self.state_dir,
             metrics=self.metrics,
             clock=self.clock,
             logger=self.log,
-            census_interval=config.reconcile.census_interval,
-            min_list_spacing=config.reconcile.list_spacing,
         )
 
     # -- lifecycle ------------------------------------------------------------------

@@ -645,6 +645,33 @@ class Reconciler:
     def running(self) -> bool:
         return self._lock.locked()
 
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        rest: ChannelsAPI,
+        ledger: LedgerView | None,
+        state_dir: StateDir,
+        metrics: Metrics,
+        clock: Clock = SYSTEM_CLOCK,
+        logger: logging.Logger = _LOG,
+    ) -> Reconciler:
+        """A reconciler for the config's guild, limit and `reconcile` section."""
+        return cls(
+            config.reconcile,
+            guild_id=config.discord.guild_id,
+            channel_limit=config.discord.channel_limit,
+            rest=rest,
+            ledger=ledger,
+            state_dir=state_dir,
+            metrics=metrics,
+            clock=clock,
+            logger=logger,
+            census_interval=config.reconcile.census_interval,
+            min_list_spacing=config.reconcile.list_spacing,
+        )
+
     def reconfigure(self, settings: ReconcileConfig, *, channel_limit: int | None = None) -> None:
         """Take new settings (config reload); they apply from the next run."""
         self._settings = settings
@@ -1038,25 +1065,14 @@ async def reconcile_once(
 ) -> ReconcileReport:
     """One run straight against Discord, without a daemon. Reads the daemon's request
     ledger (read-only) if the state directory has one; writes the audit log there."""
-    d = config.discord
     metrics = Metrics(CollectorRegistry())
-    rest = DiscordRestClient(
-        session=session,
-        metrics=metrics,
-        token=d.token.get_secret_value(),
-        api_base=d.api_base,
-        clock=clock,
-        logger=logger,
-        global_rate=d.global_rate,
-        max_retries=d.max_retries,
-        timeout=d.request_timeout,
+    rest = DiscordRestClient.from_config(
+        config.discord, session=session, metrics=metrics, clock=clock, logger=logger
     )
     state_dir = StateDir(config.state_dir, logger=logger)
     ledger = RequestLedger.load_snapshot(state_dir, now=clock.time())
-    reconciler = Reconciler(
-        config.reconcile,
-        guild_id=d.guild_id,
-        channel_limit=d.channel_limit,
+    reconciler = Reconciler.from_config(
+        config,
         rest=rest,
         ledger=ledger,
         state_dir=state_dir,

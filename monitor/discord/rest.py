@@ -30,6 +30,7 @@ import aiohttp
 
 from monitor import USER_AGENT
 from monitor.clock import SYSTEM_CLOCK, Clock
+from monitor.config import DiscordConfig
 from monitor.errors import (
     DiscordConnectionError,
     DiscordForbidden,
@@ -337,6 +338,30 @@ class DiscordRestClient:
         self._limiter = RateLimiter(global_rate=global_rate, clock=clock)
         self._token_invalid = False
         self.stats = ClientStats()
+
+    @classmethod
+    def from_config(
+        cls,
+        config: DiscordConfig,
+        *,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        clock: Clock = SYSTEM_CLOCK,
+        logger: logging.Logger = _LOG,
+        max_retries: int | None = None,
+    ) -> DiscordRestClient:
+        """A client with the `discord` section's token, base URL, budget and retries."""
+        return cls(
+            session=session,
+            metrics=metrics,
+            token=config.token.get_secret_value(),
+            api_base=config.api_base,
+            clock=clock,
+            logger=logger,
+            global_rate=config.global_rate,
+            max_retries=config.max_retries if max_retries is None else max_retries,
+            timeout=config.request_timeout,
+        )
 
     @property
     def token_invalid(self) -> bool:
