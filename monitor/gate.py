@@ -233,13 +233,21 @@ class Gate:
         if length is not None and length > self.config.max_body:
             self._count("other", "too_large")
             return _error(413, "body_too_large", f"request body over {self.config.max_body} bytes")
+        # Read to the end (a single read returns only what has arrived so far), capped.
+        chunks: list[bytes] = []
+        size = 0
         try:
-            body = await request.content.read(self.config.max_body + 1)
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > self.config.max_body:
+                    self._count("other", "too_large")
+                    return _error(
+                        413, "body_too_large", f"request body over {self.config.max_body} bytes"
+                    )
+                chunks.append(chunk)
         except (aiohttp.ClientPayloadError, ConnectionError):
             return _error(400, "bad_request", "could not read the request body")
-        if len(body) > self.config.max_body:
-            self._count("other", "too_large")
-            return _error(413, "body_too_large", f"request body over {self.config.max_body} bytes")
+        body = b"".join(chunks)
         create = is_create_request(
             request.method,
             request.path,
@@ -326,10 +334,13 @@ class Gate:
             paused = breaker.paused or {}
             self._count("create", "refused_paused")
             reason = paused.get("reason") or "paused by the operator"
+            # DESIGN section 7: a pause answers like an open breaker (one code for clients
+            # to handle); the message and the metric's decision tell them apart.
             return _error(
                 503,
-                "paused",
-                f"channel creation is paused ({reason}); retry after {retry_after}s",
+                "discord_unstable",
+                f"channel creation is paused by the operator ({reason}); "
+                f"retry after {retry_after}s",
                 retry_after,
             )
         self._count("create", "refused_unstable")
@@ -362,10 +373,10 @@ class Gate:
                     allow_redirects=False,
                     timeout=self._timeout,
                 )
-            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
-                self._count(kind, "upstream_unavailable")
-                self._log.warning("gate: upstream %s unreachable: %s", self.config.upstream, exc)
-                return _error(502, "upstream_unavailable", "CDP (the upstream) is unreachable")
+            except aiohttp.ClientError as exc:
+                # CDP down or resetting is CDP's trouble, not Discord's: no health sample.
+                ok = None
+                return self._upstream_unavailable(kind, exc)
             except TimeoutError:
                 self._count(kind, "upstream_timeout")
                 return _error(504, "upstream_timeout", "CDP (the upstream) did not answer in time")
@@ -382,6 +393,9 @@ class Gate:
                         return _error(
                             504, "upstream_timeout", "CDP (the upstream) did not answer in time"
                         )
+                    except aiohttp.ClientError as exc:
+                        ok = None
+                        return self._upstream_unavailable(kind, exc)
                     failure_seen = (
                         create
                         and upstream.status >= 400
@@ -410,6 +424,7 @@ class Gate:
                             peeked += len(chunk)
                             failure_seen = failure_seen or any(m in chunk for m in FAILURE_MARKERS)
                         await response.write(chunk)
+                    await response.write_eof()
                 except TimeoutError:
                     # CDP went quiet mid-answer: a failure, but CDP may still be using the
                     # channel, so the ledger keeps the request open (its channel protected).
@@ -421,7 +436,13 @@ class Gate:
                     self._count(kind, "client_disconnected")
                     ok = None
                     return response
-                await response.write_eof()
+                except aiohttp.ClientError as exc:
+                    # CDP broke off mid-answer (crash, reset): headers are gone, so just
+                    # count it; not Discord's fault.
+                    self._count(kind, "upstream_unavailable")
+                    self._log.warning("gate: upstream broke off mid-answer: %s", exc)
+                    ok = None
+                    return response
                 ok = upstream.status < 500 and not failure_seen
                 finished = True
                 self._count(kind, "forwarded")
@@ -433,6 +454,11 @@ class Gate:
             self._duration_histogram(kind).observe(duration)
             if create:
                 self._record_create(ok, finished, request_id, duration)
+
+    def _upstream_unavailable(self, kind: str, exc: Exception) -> web.Response:
+        self._count(kind, "upstream_unavailable")
+        self._log.warning("gate: upstream %s unreachable: %s", self.config.upstream, exc)
+        return _error(502, "upstream_unavailable", "CDP (the upstream) is unreachable")
 
     def _record_create(
         self, ok: bool | None, finished: bool, request_id: str | None, duration: float

@@ -179,7 +179,10 @@ async def test_paused_gate_says_paused_and_passes_the_rest(
         await ai.images.generate(prompt="x", model="coze")
     assert caught.value.status_code == 503
     body = caught.value.response.json()["error"]
-    assert body["code"] == "paused" and "maintenance window" in body["message"]
+    assert (
+        body["code"] == "discord_unstable"
+        and "paused by the operator (maintenance window)" in body["message"]
+    )
     assert int(caught.value.response.headers["Retry-After"]) == 120  # capped
     stream = await ai.chat.completions.create(
         model="coze", messages=MESSAGES, stream=True, extra_body={"channelId": channel_id}
@@ -378,7 +381,7 @@ async def test_gate_fails_open_when_health_evaluation_stops(
     await daemon.pause(600, "operator")
     with pytest.raises(openai.APIStatusError) as caught:
         await client(daemon).chat.completions.create(model="coze", messages=MESSAGES)
-    assert caught.value.response.json()["error"]["code"] == "paused"
+    assert "paused by the operator" in caught.value.response.json()["error"]["message"]
 
 
 async def test_ledger_records_completed_and_failed_requests_across_restarts(
@@ -405,3 +408,69 @@ async def test_ledger_records_completed_and_failed_requests_across_restarts(
         failed = daemon.ledger.lookup_channel_name(f"cdp-chat-{failed_id.lower()}")
         assert failed is not None and failed.state == "failed"
         assert daemon.ledger.get(done_id) is not None
+
+
+async def test_large_and_chunked_bodies_arrive_whole_and_cdp_down_is_not_discord(
+    discord_sim: DiscordSimulator, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    from aiohttp import web
+
+    async def echo_length(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response({"received": len(body), "tail": body[-8:].decode()})
+
+    async def reset(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        request.transport.abort()  # CDP crashing mid-request
+        return web.Response()
+
+    upstream = web.Application(client_max_size=4 * 1024 * 1024)
+    upstream.router.add_post("/v1/chat/completions", echo_length)
+    upstream.router.add_get("/v1/models", reset)
+    from monitor.httpserve import start_site
+
+    runner, port = await start_site(upstream, "127.0.0.1", 0)
+    try:
+        config = fast_config(
+            discord_sim,
+            tmp_path / "state",
+            probes={"gateway": {"enabled": False}, "rest": {"enabled": False}},
+            gate={"enabled": True, "listen": "127.0.0.1:0", "upstream": f"http://127.0.0.1:{port}"},
+        )
+        async with running_daemon(config) as daemon:
+            url = f"{daemon.gate_url}/v1/chat/completions"
+            big = json.dumps({"channelId": "1", "messages": "x" * 900_000, "end": "THE-END"})
+            async with http.post(url, data=big.encode()) as resp:
+                assert (await resp.json()) == {"received": len(big), "tail": big[-8:]}
+
+            async def chunked() -> AsyncIterator[bytes]:
+                for i in range(0, len(big), 8192):
+                    yield big[i : i + 8192].encode()
+
+            async with http.post(url, data=chunked()) as resp:
+                assert (await resp.json())["received"] == len(big)
+            # It named its channel: not a create, even though it arrived in pieces.
+            other = daemon.metrics.gate_requests.labels(kind="other", decision="forwarded")
+            assert other._value.get() == 2
+
+            async with http.get(f"{daemon.gate_url}/v1/models") as resp:
+                assert resp.status == 502
+                assert (await resp.json())["error"]["code"] == "upstream_unavailable"
+    finally:
+        await runner.cleanup()
+
+    # CDP stopped: creates get 502, and that is not Discord instability.
+    config = fast_config(
+        discord_sim,
+        tmp_path / "state2",
+        probes={"gateway": {"enabled": False}, "rest": {"enabled": False}},
+        gate={"enabled": True, "listen": "127.0.0.1:0", "upstream": f"http://127.0.0.1:{port}"},
+    )
+    async with running_daemon(config) as daemon:
+        for _ in range(10):
+            async with http.post(
+                f"{daemon.gate_url}/v1/chat/completions", json={"messages": []}
+            ) as resp:
+                assert resp.status == 502
+        assert [s for s in daemon.window if s.source == "gate"] == []
+        assert daemon.breaker.state == "closed"

@@ -64,7 +64,7 @@ MONITOR_ROUTES = frozenset(
     }
 )
 # Gate refusals (DESIGN section 7): the client is told to come back later.
-REFUSAL_CODES = frozenset({"discord_unstable", "create_queue_full", "paused"})
+REFUSAL_CODES = frozenset({"discord_unstable", "create_queue_full"})
 _LOG = logging.getLogger("monitor.sim.scenario")
 
 
