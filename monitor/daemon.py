@@ -39,7 +39,7 @@ from monitor.health.probes import (
 from monitor.health.window import Sample, SampleWindow, Verdict, WindowSettings, evaluate
 from monitor.httpserve import start_site
 from monitor.ledger import RequestLedger
-from monitor.logs import setup_logging
+from monitor.logs import set_secrets, setup_logging
 from monitor.metrics import Metrics
 from monitor.reconcile import Reconciler
 from monitor.state import StateDir
@@ -157,6 +157,14 @@ class Supervisor:
 
 
 # -- the daemon ---------------------------------------------------------------------------
+
+
+def config_secrets(config: Config) -> list[str]:
+    """Values that must never reach a log line."""
+    secrets = [config.discord.token.get_secret_value()]
+    if config.control.token is not None:
+        secrets.append(config.control.token.get_secret_value())
+    return secrets
 
 
 def window_settings(config: Config) -> WindowSettings:
@@ -343,8 +351,11 @@ class Daemon:
 
     async def _watchdog_loop(self, interval: float) -> None:
         while True:
-            # Only a healthy daemon pets the watchdog, so systemd restarts a sick one.
-            if self.supervisor.alive():
+            # Pet the watchdog while the event loop runs and health evaluation is alive: a
+            # wedged daemon gets restarted, but one flapping side loop (say, a CDP log
+            # command) must not take the gate, and so CDP, down with it.
+            evaluate = self.supervisor.loops.get("evaluate")
+            if evaluate is not None and evaluate.up:
                 sd_notify("WATCHDOG=1", self.environ)
             await self.clock.sleep(interval)
 
@@ -494,21 +505,32 @@ class Daemon:
         )
 
     async def stop(self) -> None:
-        """Shut down in order: loops, actions, control API, session; bounded in time."""
-        await self.supervisor.stop(timeout=SHUTDOWN_BOUND / 2)
+        """Shut down in order: stop taking requests (gate), stop the loops, let a reconcile
+        run finish its audited deletes, persist the ledger, then the control API and the
+        sessions. Each step has its share of SHUTDOWN_BOUND."""
+        if self._gate_runner is not None:
+            await self._gate_runner.cleanup()  # in-flight requests get ~1 s to finish
+            self._gate_runner = None
+        await self.supervisor.stop(timeout=1.0)
+        if self.reconciler is not None and not await self.reconciler.wait_idle(1.0):
+            self.log.warning("shutdown: a reconcile run was still deleting; see audit.jsonl")
         if self._actions is not None:
-            await self._actions.drain(timeout=0.5)
-        self.ledger.flush()  # failed requests' late channels must not be forgotten
-        for runner in (self._gate_runner, self._runner):
-            if runner is not None:
-                await runner.cleanup()
-        self._gate_runner = self._runner = None
-        if self._upstream is not None:
-            await self._upstream.close()
-            self._upstream = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+            await self._actions.drain(timeout=0.3)
+        self.ledger.flush()  # after the gate: failed requests' late channels are kept
+        await self._close()
+
+    async def _close(self) -> None:
+        """Release sockets; also the last resort when shutdown ran out of time."""
+        if self._gate_runner is not None:
+            await self._gate_runner.cleanup()
+            self._gate_runner = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for session in (self._upstream, self._session):
+            if session is not None:
+                await session.close()
+        self._upstream = self._session = None
 
     def reload(self) -> bool:
         """Parse the config file fully, then swap; on error keep the old config."""
@@ -521,10 +543,16 @@ class Daemon:
             self.log.error("reload failed, keeping the running config:\n%s", exc)
             return False
         old = self.config
-        for key in ("control", "state_dir"):
+        # These are built once at start (listeners, loops, log handler): keep the running
+        # values and say so, rather than claim a change that did not happen.
+        fixed = ("control", "state_dir", "gate", "signals", "log")
+        for key in fixed:
             if getattr(old, key) != getattr(new, key):
                 self.log.warning("reload: %s changed; it takes effect after a restart", key)
-        new = new.model_copy(update={"control": old.control, "state_dir": old.state_dir})
+        if enabled_probes(old) != enabled_probes(new):
+            self.log.warning("reload: the set of enabled probes takes effect after a restart")
+        new = new.model_copy(update={key: getattr(old, key) for key in fixed})
+        set_secrets(config_secrets(new))
         if breaker_settings(new) != breaker_settings(old):
             self.breaker.reconfigure(breaker_settings(new))
         if new.discord != old.discord and self._session is not None:
@@ -561,7 +589,12 @@ class Daemon:
         finally:
             ready_task.cancel()
             sd_notify("STOPPING=1", self.environ)
-            await asyncio.wait_for(self.stop(), SHUTDOWN_BOUND)
+            try:
+                await asyncio.wait_for(self.stop(), SHUTDOWN_BOUND)
+            except TimeoutError:
+                self.log.warning("shutdown took over %ss; closing what is left", SHUTDOWN_BOUND)
+                self.ledger.flush()
+                await self._close()
 
     async def _announce_ready(self) -> None:
         await self._ready.wait()
@@ -573,10 +606,7 @@ async def run_daemon(config_path: Path, *, environ: Mapping[str, str] | None = N
     """`cdp-monitor run`: load config (ConfigError propagates), run until SIGTERM/SIGINT."""
     env = dict(os.environ if environ is None else environ)
     config = load_config(config_path, environ=env)
-    secrets = [config.discord.token.get_secret_value()]
-    if config.control.token is not None:
-        secrets.append(config.control.token.get_secret_value())
-    logger = setup_logging(config.log.level, config.log.format, secrets)
+    logger = setup_logging(config.log.level, config.log.format, config_secrets(config))
     daemon = Daemon(
         config, registry=CollectorRegistry(), logger=logger, config_path=config_path, environ=env
     )

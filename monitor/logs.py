@@ -18,12 +18,18 @@ class RedactFilter(logging.Filter):
         super().__init__()
         self.secrets = [s for s in secrets if s and len(s) >= 4]
 
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
-            message = record.getMessage()
-            for secret in self.secrets:
-                message = message.replace(secret, "***")
-            record.msg, record.args = message, None
+            record.msg, record.args = self.redact(record.getMessage()), None
+            if record.exc_info:
+                # Tracebacks can quote a secret too (an exception's message, a local repr).
+                text = logging.Formatter().formatException(record.exc_info)
+                record.exc_text, record.exc_info = self.redact(text), None
         return True
 
 
@@ -37,7 +43,17 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exception"] = record.exc_text
         return json.dumps(out, ensure_ascii=False)
+
+
+_REDACT = RedactFilter(())
+
+
+def set_secrets(secrets: Iterable[str]) -> None:
+    """Replace what every log record is redacted of (config reload with a new token)."""
+    _REDACT.secrets = [s for s in secrets if s and len(s) >= 4]
 
 
 def setup_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> logging.Logger:
@@ -47,7 +63,8 @@ def setup_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> logging.
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactFilter(secrets))
+    set_secrets(secrets)
+    handler.addFilter(_REDACT)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -645,6 +645,15 @@ class Reconciler:
     def running(self) -> bool:
         return self._lock.locked()
 
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait up to `timeout` for a run in progress (shutdown: its deletes get their
+        audit lines before the HTTP session closes). True if idle."""
+        current = self._current
+        if current is None or current[1].done():
+            return True
+        done, _ = await asyncio.wait({current[1]}, timeout=timeout)
+        return bool(done)
+
     @classmethod
     def from_config(
         cls,

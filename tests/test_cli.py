@@ -85,3 +85,23 @@ def test_json_logs_redact_secrets() -> None:
     assert record["level"] == "warning"
     assert record["message"] == "calling with *** failed"
     assert "s3cret" not in stream.getvalue()
+
+
+def test_tracebacks_are_redacted_too() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactFilter(["Bot-s3cret-token"]))
+    log = logging.getLogger("cdp-monitor.test.redact-exc")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        try:
+            raise RuntimeError("refused token Bot-s3cret-token")
+        except RuntimeError:
+            log.exception("loop crashed")
+    finally:
+        log.removeHandler(handler)
+    record = json.loads(stream.getvalue())
+    assert "RuntimeError: refused token ***" in record["exception"]
+    assert "s3cret" not in stream.getvalue()
