@@ -350,6 +350,15 @@ async def test_connection_reset_fault(
         assert r.status == 200
 
 
+async def test_admin_api_rejects_bad_ids_and_numbers(
+    http: aiohttp.ClientSession, discord_sim: DiscordSimulator
+) -> None:
+    async with http.post(f"{discord_sim.admin_url}/channels/abc/messages", json={}) as r:
+        assert r.status == 404 and "error" in await r.json()
+    async with http.get(f"{discord_sim.admin_url}/requests?since=soon") as r:
+        assert r.status == 400 and "error" in await r.json()
+
+
 async def test_bad_fault_bodies_are_400_and_change_nothing(
     http: aiohttp.ClientSession, discord_sim: DiscordSimulator
 ) -> None:
@@ -372,7 +381,7 @@ async def test_seed_with_age_messages_and_admin_message(
     assert len(state["channels"]) == 3
     for c in state["channels"]:
         assert c["name"].startswith("cdp-chat-") and c["message_count"] == 2
-        assert now - 3601 <= snowflake_time(c["id"]) <= now - 3599
+        assert now - 3605 <= snowflake_time(c["id"]) <= now - 3595
     async with http.post(
         f"{discord_sim.admin_url}/channels/{ids[0]}/messages", json={"content": "hey"}
     ) as r:

@@ -699,7 +699,10 @@ class DiscordSimulator:
         return web.json_response(self.state.snapshot())
 
     async def _admin_requests(self, request: web.Request) -> web.Response:
-        since = float(request.query.get("since", "-inf"))
+        try:
+            since = float(request.query.get("since", "-inf"))
+        except ValueError:
+            return web.json_response({"error": "since must be a number"}, status=400)
         rows = [
             {"t": t, "route": route, "status": status}
             for t, route, status in self.state.request_log
@@ -769,7 +772,8 @@ class DiscordSimulator:
 
     async def _admin_message(self, request: web.Request) -> web.Response:
         body = await _admin_body(request)
-        channel = self.state.channels.get(int(request.match_info["channel_id"]))
+        raw = request.match_info["channel_id"]
+        channel = self.state.channels.get(int(raw)) if raw.isdigit() else None
         if channel is None:
             return web.json_response({"error": "unknown channel"}, status=404)
         msg = self.add_message(
