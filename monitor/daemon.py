@@ -409,7 +409,10 @@ class Daemon:
         self.breaker.pause(now, reason=reason or "manual pause", until=until)
 
     async def resume(self) -> None:
-        self.breaker.resume(self.clock.time())
+        if self.breaker.resume(self.clock.time()):
+            # A resume closes the breaker; judge the window at once so that resuming during
+            # an outage reopens it now rather than at the next evaluation.
+            self.evaluate_once()
 
     async def reconcile(self, dry_run: bool) -> dict[str, Any]:
         if self.reconciler is None:

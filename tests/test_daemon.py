@@ -376,3 +376,18 @@ def test_bad_config_exits_2_without_traceback(
         assert result.returncode == 2, result.stderr
         assert expected in result.stderr
         assert "Traceback" not in result.stderr
+
+
+async def test_resume_during_an_outage_reopens_at_once(
+    discord_sim: DiscordSimulator, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    config = fast_config(discord_sim, tmp_path / "state")
+    async with running_daemon(config) as daemon:
+        await daemon.pause(None, "maintenance")
+        await set_faults(http, discord_sim, gateway={"refuse": True}, rest={"error_rate": 1.0})
+        failing = lambda: bool(daemon.verdict and daemon.verdict.unstable)  # noqa: E731
+        await wait_for(failing, what="an unstable window while paused")
+        await daemon.resume()
+        # No evaluation interval passes with creates admitted: it is open straight away.
+        assert daemon.breaker.state == "open"
+        await clear_faults(http, discord_sim)
