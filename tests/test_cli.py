@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -69,7 +70,8 @@ async def test_status_without_a_daemon_is_a_clear_error() -> None:
     assert "cannot reach the daemon's control API" in err and "Traceback" not in err
 
 
-def test_json_logs_redact_secrets() -> None:
+def json_log(emit: Callable[[logging.Logger], None]) -> str:
+    """What `emit` logs through a JSON handler that redacts a secret."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
@@ -78,30 +80,27 @@ def test_json_logs_redact_secrets() -> None:
     log.addHandler(handler)
     log.propagate = False
     try:
-        log.warning("calling with %s failed", "Bot-s3cret-token")
+        emit(log)
     finally:
         log.removeHandler(handler)
-    record = json.loads(stream.getvalue())
+    return stream.getvalue()
+
+
+def test_json_logs_redact_secrets() -> None:
+    text = json_log(lambda log: log.warning("calling with %s failed", "Bot-s3cret-token"))
+    record = json.loads(text)
     assert record["level"] == "warning"
     assert record["message"] == "calling with *** failed"
-    assert "s3cret" not in stream.getvalue()
+    assert "s3cret" not in text
 
 
 def test_tracebacks_are_redacted_too() -> None:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(RedactFilter(["Bot-s3cret-token"]))
-    log = logging.getLogger("cdp-monitor.test.redact-exc")
-    log.addHandler(handler)
-    log.propagate = False
-    try:
+    def crash(log: logging.Logger) -> None:
         try:
             raise RuntimeError("refused token Bot-s3cret-token")
         except RuntimeError:
             log.exception("loop crashed")
-    finally:
-        log.removeHandler(handler)
-    record = json.loads(stream.getvalue())
-    assert "RuntimeError: refused token ***" in record["exception"]
-    assert "s3cret" not in stream.getvalue()
+
+    text = json_log(crash)
+    assert "RuntimeError: refused token ***" in json.loads(text)["exception"]
+    assert "s3cret" not in text
