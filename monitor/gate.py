@@ -233,21 +233,14 @@ class Gate:
         if length is not None and length > self.config.max_body:
             self._count("other", "too_large")
             return _error(413, "body_too_large", f"request body over {self.config.max_body} bytes")
-        # Read to the end (a single read returns only what has arrived so far), capped.
-        chunks: list[bytes] = []
-        size = 0
         try:
-            async for chunk in request.content.iter_chunked(64 * 1024):
-                size += len(chunk)
-                if size > self.config.max_body:
-                    self._count("other", "too_large")
-                    return _error(
-                        413, "body_too_large", f"request body over {self.config.max_body} bytes"
-                    )
-                chunks.append(chunk)
+            # Reads to the end; the app's client_max_size (gate.max_body) caps it.
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self._count("other", "too_large")
+            return _error(413, "body_too_large", f"request body over {self.config.max_body} bytes")
         except (aiohttp.ClientPayloadError, ConnectionError):
             return _error(400, "bad_request", "could not read the request body")
-        body = b"".join(chunks)
         create = is_create_request(
             request.method,
             request.path,
