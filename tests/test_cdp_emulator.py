@@ -14,6 +14,7 @@ import pytest
 from monitor.health.cdplog import CreateFailure, CreateRetry, RequestOutcome, parse_line
 from monitor.sim.cdp import CdpEmulator, CdpSettings, format_go_duration
 from monitor.sim.discord import DEFAULT_ROUTE_LIMITS, DiscordSimulator, RouteLimit, SimSettings
+from tests.sim_util import seed
 
 CREATE_ROUTE = "POST /guilds/{guild_id}/channels"
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}]}
@@ -65,14 +66,6 @@ def sim_channels(sim: DiscordSimulator, name: str | None = None) -> list[Any]:
 async def put_faults(http: aiohttp.ClientSession, sim: DiscordSimulator, **rest: Any) -> None:
     async with http.put(sim.admin_url + "/faults", json={"rest": rest}) as resp:
         assert resp.status == 200, await resp.text()
-
-
-async def seed(http: aiohttp.ClientSession, sim: DiscordSimulator, **body: Any) -> list[str]:
-    url = f"{sim.admin_url}/guilds/{sim.settings.guild_id}/channels"
-    async with http.post(url, json=body) as resp:
-        data = await resp.json()
-        assert resp.status == 200, data
-        return list(data["channels"])
 
 
 async def cdp_state(http: aiohttp.ClientSession, emu: CdpEmulator) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -23,13 +22,10 @@ from monitor.daemon import Supervisor
 from monitor.metrics import Metrics
 from monitor.sim.discord import DiscordSimulator, SimSettings
 from tests.daemon_util import fast_config, fast_config_dict, running_daemon, wait_for
+from tests.prom_util import free_port
+from tests.sim_util import put_faults
 
 AUTH = {"Authorization": "Bearer control-secret"}
-
-
-async def set_faults(http: aiohttp.ClientSession, sim: DiscordSimulator, **faults: Any) -> None:
-    async with http.put(f"{sim.admin_url}/faults", json=faults) as resp:
-        assert resp.status == 200, await resp.text()
 
 
 async def clear_faults(http: aiohttp.ClientSession, sim: DiscordSimulator) -> None:
@@ -48,7 +44,7 @@ async def test_gateway_outage_opens_recovers_and_backs_off(
         )
         assert daemon.breaker.state == "closed"
 
-        await set_faults(http, discord_sim, gateway={"refuse": True})
+        await put_faults(http, discord_sim, gateway={"refuse": True})
         await wait_for(lambda: daemon.breaker.state == "open", what="breaker open")
         assert "failure ratio" in daemon.breaker.snapshot()["last_transition"]["reason"]
         first_open = daemon.breaker.snapshot()["open_duration"]
@@ -58,7 +54,7 @@ async def test_gateway_outage_opens_recovers_and_backs_off(
         await wait_for(lambda: daemon.breaker.state == "closed", what="closed again")
 
         # A second outage soon after keeps it open longer (exponential backoff).
-        await set_faults(http, discord_sim, gateway={"refuse": True})
+        await put_faults(http, discord_sim, gateway={"refuse": True})
         await wait_for(lambda: daemon.breaker.state == "open", what="second open")
         assert daemon.breaker.snapshot()["open_duration"] == 2 * first_open
         await clear_faults(http, discord_sim)
@@ -257,13 +253,6 @@ async def _control_port_ready(http: aiohttp.ClientSession, url: str) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def _wait_ready(
     http: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process
 ) -> None:
@@ -280,7 +269,7 @@ async def _wait_ready(
 async def test_sighup_with_broken_file_keeps_old_config_and_sigterm_exits_0(
     discord_sim: DiscordSimulator, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     data = fast_config_dict(
         discord_sim,
         tmp_path / "state",
@@ -384,7 +373,7 @@ async def test_resume_during_an_outage_reopens_at_once(
     config = fast_config(discord_sim, tmp_path / "state")
     async with running_daemon(config) as daemon:
         await daemon.pause(None, "maintenance")
-        await set_faults(http, discord_sim, gateway={"refuse": True}, rest={"error_rate": 1.0})
+        await put_faults(http, discord_sim, gateway={"refuse": True}, rest={"error_rate": 1.0})
         failing = lambda: bool(daemon.verdict and daemon.verdict.unstable)  # noqa: E731
         await wait_for(failing, what="an unstable window while paused")
         await daemon.resume()

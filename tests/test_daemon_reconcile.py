@@ -13,17 +13,9 @@ import yaml
 
 from monitor.sim.discord import DiscordSimulator
 from tests.daemon_util import fast_config, fast_config_dict, running_daemon, wait_for
+from tests.sim_util import seed
 
 AUTH = {"Authorization": "Bearer control-secret"}
-
-
-async def seed(http: aiohttp.ClientSession, sim: DiscordSimulator, **body: Any) -> list[str]:
-    async with http.post(
-        f"{sim.admin_url}/guilds/{sim.settings.guild_id}/channels", json=body
-    ) as resp:
-        data = await resp.json()
-        assert resp.status == 200, data
-        return list(data["channels"])
 
 
 def reconcile_extra(**reconcile: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from monitor.gate import is_create_request
 from monitor.sim.cdp import CdpEmulator, CdpSettings
 from monitor.sim.discord import DiscordSimulator
 from tests.daemon_util import fast_config, running_daemon, wait_for
+from tests.sim_util import seed
 
 MESSAGES: Any = [{"role": "user", "content": "hello there"}]
 
@@ -80,12 +81,8 @@ async def cdp_state(http: aiohttp.ClientSession, cdp: CdpEmulator) -> dict[str, 
 
 
 async def seeded_channel(http: aiohttp.ClientSession, sim: DiscordSimulator) -> str:
-    async with http.post(
-        f"{sim.admin_url}/guilds/{sim.settings.guild_id}/channels",
-        json={"count": 1, "prefix": "general-"},
-    ) as resp:
-        channel_id: str = (await resp.json())["channels"][0]
-        return channel_id
+    (channel_id,) = await seed(http, sim, count=1, prefix="general-")
+    return channel_id
 
 
 @pytest.mark.parametrize(

@@ -16,14 +16,14 @@ from pytest_aiohttp import AiohttpServer
 
 from monitor.discord.gateway import GatewayProbeResult, gateway_connect_url, probe_gateway
 from monitor.sim.discord import DiscordSimulator
+from tests.sim_util import put_faults
 
 HELLO = {"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def set_faults(http: aiohttp.ClientSession, sim: DiscordSimulator, **gateway: Any) -> None:
-    async with http.put(f"{sim.admin_url}/faults", json={"gateway": gateway}) as resp:
-        assert resp.status < 300, await resp.text()
+    await put_faults(http, sim, gateway=gateway)
 
 
 async def sim_gateway_state(http: aiohttp.ClientSession, sim: DiscordSimulator) -> dict[str, int]:

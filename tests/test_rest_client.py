@@ -39,6 +39,7 @@ from monitor.errors import (
 )
 from monitor.metrics import Metrics
 from monitor.sim.discord import DiscordSimulator, RouteLimit, SimSettings
+from tests import sim_util
 from tests.openapi_util import spec_request, validate_request
 
 GET_CHANNEL = "GET /channels/{channel_id}"
@@ -86,16 +87,11 @@ async def running_sim(
 
 
 async def seed(http: aiohttp.ClientSession, sim: DiscordSimulator, count: int) -> list[str]:
-    async with http.post(
-        f"{sim.admin_url}/guilds/{sim.settings.guild_id}/channels", json={"count": count}
-    ) as resp:
-        assert resp.status == 200
-        return list((await resp.json())["channels"])
+    return await sim_util.seed(http, sim, count=count)
 
 
 async def set_faults(http: aiohttp.ClientSession, sim: DiscordSimulator, **rest: Any) -> None:
-    async with http.put(f"{sim.admin_url}/faults", json={"rest": rest}) as resp:
-        assert resp.status == 200, await resp.text()
+    await sim_util.put_faults(http, sim, rest=rest)
 
 
 def sim_count(sim: DiscordSimulator, route: str, status: int | None = None) -> int:

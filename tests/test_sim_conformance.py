@@ -11,6 +11,7 @@ from monitor.clock import FakeClock
 from monitor.discord.snowflake import snowflake_time
 from monitor.sim.discord import DiscordSimulator, RouteLimit, SimSettings
 from tests.openapi_util import spec_request, validate_exchange
+from tests.sim_util import seed
 
 RATE_HEADERS = (
     "X-RateLimit-Limit",
@@ -49,15 +50,6 @@ async def _json(raw: bytes) -> Any:
     import json
 
     return json.loads(raw) if raw else None
-
-
-async def seed(http: aiohttp.ClientSession, sim: DiscordSimulator, **body: Any) -> list[str]:
-    async with http.post(
-        f"{sim.admin_url}/guilds/{sim.settings.guild_id}/channels", json=body
-    ) as resp:
-        data = await resp.json()
-        assert resp.status == 200, data
-        return list(data["channels"])
 
 
 async def test_gateway_endpoints_conform(
