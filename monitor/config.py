@@ -7,13 +7,11 @@ repr, a dump or an error message.
 
 from __future__ import annotations
 
-import ipaddress
-import math
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 import yaml
@@ -31,6 +29,19 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from monitor.errors import ConfigError
+from monitor.units import (
+    DURATION_HINT,
+    SIZE_HINT,
+    HostPort,
+    format_duration,
+    is_loopback_host,
+    parse_duration,
+    parse_size,
+    same_endpoint,
+    split_host_port,
+    url_host_port,
+)
+from monitor.vocab import DEFAULT_NAME_PATTERN
 
 __all__ = [
     "DEFAULT_NAME_PATTERN",
@@ -63,168 +74,6 @@ __all__ = [
     "parse_size",
     "split_host_port",
 ]
-
-DURATION_HINT = "must be a duration like 500ms, 15s, 5m, 1h"
-SIZE_HINT = "must be a size like 64KiB, 1MiB or a number of bytes"
-# CDP >= 4.4.3 names its channels cdp-chat-<id>; older versions used cdp-对话-<id>.
-DEFAULT_NAME_PATTERN = r"^cdp-(chat|对话)-"
-
-# ---------------------------------------------------------------------------
-# Durations and sizes
-
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_DURATION_FULL = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-
-
-def parse_duration(value: str | float) -> float:
-    """`500ms`, `15s`, `5m`, `1h`, `2d`, `1h30m`, or a plain number of seconds → seconds.
-
-    Raises ValueError (whose text names the bad input) for anything else, negatives included.
-    """
-    if isinstance(value, bool):  # bool is an int; `yes` in YAML is not a duration
-        raise ValueError(f"invalid duration {value!r}: {DURATION_HINT}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        if _NUMBER.fullmatch(text):
-            seconds = float(text)
-        elif _DURATION_FULL.fullmatch(text):
-            seconds = sum(
-                float(num) * _UNIT_SECONDS[unit] for num, unit in _DURATION_PART.findall(text)
-            )
-        else:
-            raise ValueError(f"invalid duration {value!r}: {DURATION_HINT}")
-    else:
-        raise ValueError(f"invalid duration {value!r}: {DURATION_HINT}")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"invalid duration {value!r}: {DURATION_HINT}")
-    return seconds
-
-
-def _trim(number: float) -> str:
-    text = f"{number:.3f}".rstrip("0").rstrip(".")
-    return text or "0"
-
-
-def format_duration(seconds: float) -> str:
-    """Inverse of `parse_duration` at millisecond precision: 0.5 → `500ms`, 5400 → `1h30m`."""
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"cannot format duration {seconds!r}")
-    if seconds == 0:
-        return "0s"
-    if seconds < 1:
-        return f"{_trim(seconds * 1000)}ms"
-    whole = int(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    frac = round(secs + (seconds - whole), 3)
-    out = ""
-    if hours:
-        out += f"{hours}h"
-    if minutes:
-        out += f"{minutes}m"
-    if frac:
-        out += f"{_trim(frac)}s"
-    return out
-
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-}
-_SIZE = re.compile(r"(\d+)\s*([A-Za-z]*)")
-
-
-def parse_size(value: str | int) -> int:
-    """`1MiB`, `64KiB`, `1MB`, `512` (bytes) → bytes. Raises ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(f"invalid size {value!r}: {SIZE_HINT}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"invalid size {value!r}: {SIZE_HINT}")
-        return value
-    if isinstance(value, str):
-        match = _SIZE.fullmatch(value.strip())
-        if match and match.group(2).lower() in _SIZE_UNITS:
-            return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-    raise ValueError(f"invalid size {value!r}: {SIZE_HINT}")
-
-
-# ---------------------------------------------------------------------------
-# Addresses
-
-
-class HostPort(NamedTuple):
-    host: str  # without IPv6 brackets; "" never (validation rejects it)
-    port: int
-
-
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
-_LISTEN_HINT = "must be host:port, like 127.0.0.1:9105 or [::1]:9105"
-
-
-def split_host_port(address: str) -> HostPort:
-    """`host:port` or `[v6]:port` → HostPort. Raises ValueError with a readable reason."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(_LISTEN_HINT)
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(_LISTEN_HINT) from None
-    elif ":" in host:
-        raise ValueError("IPv6 addresses need brackets, like [::1]:9105")
-    elif not _HOSTNAME.fullmatch(host):
-        raise ValueError(_LISTEN_HINT)
-    port = int(port_text)
-    if port > 65535:
-        raise ValueError("port must be from 0 to 65535")
-    return HostPort(host, port)
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for localhost and loopback IPs (127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_wildcard_host(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        return False
-
-
-def _same_endpoint(listen: HostPort, target: HostPort) -> bool:
-    """Would connecting to `target` reach a socket bound on `listen`? (loopback-aware)"""
-    if listen.port != target.port or listen.port == 0:  # port 0: the OS picks a free one
-        return False
-    if listen.host.lower() == target.host.lower():
-        return True
-    if is_loopback_host(target.host):
-        return _is_wildcard_host(listen.host) or is_loopback_host(listen.host)
-    return False
-
-
-def _url_host_port(url: str) -> HostPort:
-    parts = urlsplit(url)
-    default = 443 if parts.scheme in ("https", "wss") else 80
-    return HostPort(parts.hostname or "", parts.port or default)
 
 
 # ---------------------------------------------------------------------------
@@ -534,7 +383,7 @@ class GateConfig(_Section):
 
     @model_validator(mode="after")
     def _not_a_loop(self) -> GateConfig:
-        if _same_endpoint(self.listen_address, _url_host_port(self.upstream)):
+        if same_endpoint(self.listen_address, url_host_port(self.upstream)):
             raise _field_problems(
                 (
                     "upstream",
@@ -642,7 +491,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _distinct_listeners(self) -> Config:
-        if self.gate.enabled and _same_endpoint(
+        if self.gate.enabled and same_endpoint(
             self.gate.listen_address, self.control.listen_address
         ):
             raise _field_problems(

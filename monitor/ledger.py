@@ -29,11 +29,11 @@ from typing import Any, Literal, Protocol
 from monitor.clock import SYSTEM_CLOCK, Clock
 from monitor.errors import StateError
 from monitor.state import StateDir
+from monitor.vocab import CHANNEL_PREFIXES
 
 LEDGER_FILE = "ledger.json"
 LEDGER_VERSION = 1
 # Discord lowercases channel names, so prefixes and request ids are compared lowercased.
-CHANNEL_PREFIXES = ("cdp-chat-", "cdp-对话-")
 LedgerState = Literal["open", "completed", "failed"]
 LEDGER_STATES: tuple[LedgerState, ...] = ("open", "completed", "failed")
 PRUNE_EVERY = 60.0  # seconds between automatic prunes on writes

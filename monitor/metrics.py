@@ -13,14 +13,13 @@ from prometheus_client import (
 )
 
 from monitor import __version__
+from monitor.vocab import (
+    BREAKER_STATES,
+    CDP_FAILURE_REASONS,
+    RATELIMIT_SCOPES,
+    RECONCILE_RESULTS,
+)
 
-BREAKER_STATES = ("closed", "open", "half_open", "forced_open")
-TEMP_CHANNEL_STATES = ("active", "empty", "stale", "leaked")
-# Label values known up front get their counters created at 0, so `increase()` in an
-# alert sees the first event. (tests/test_metrics.py checks these match their modules.)
-RATELIMIT_SCOPES = ("user", "global", "shared")
-CDP_FAILURE_REASONS = ("timeout", "channel_limit", "retries_exhausted")
-RECONCILE_RESULTS = ("ok", "partial", "error", "dry_run")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _GATE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0)
 

@@ -40,7 +40,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from monitor.clock import SYSTEM_CLOCK, Clock
-from monitor.config import Config, ReconcileConfig, format_duration
+from monitor.config import Config, ReconcileConfig
 from monitor.discord.rest import DiscordRestClient
 from monitor.discord.snowflake import snowflake_time
 from monitor.errors import (
@@ -52,12 +52,13 @@ from monitor.errors import (
     StateError,
 )
 from monitor.ledger import EMPTY_LEDGER, LedgerEntry, LedgerView, RequestLedger
-from monitor.metrics import TEMP_CHANNEL_STATES, Metrics
+from monitor.metrics import Metrics
 from monitor.state import StateDir
+from monitor.units import format_duration
+from monitor.vocab import TEMP_CHANNEL_STATES
 
 TEXT_CHANNEL = 0
 REASONS = ("ledger_failed", "ledger_completed", "empty_aged", "stale")
-RESULTS = ("ok", "partial", "error", "dry_run")
 DEFAULT_CONCURRENCY = 16
 # Listing the guild spends the bucket CDP creates channels with: outside a run, list at
 # most this often (seconds), and refresh the census on this interval.

@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from monitor.errors import StateError
+from monitor.vocab import MACHINE_STATES
 
 PAUSE_FILE = "pause.json"
 BREAKER_FILE = "breaker.json"
 AUDIT_FILE = "audit.jsonl"
 
-# The health machine's own states; "forced_open" is not among them because a pause lives
-# in pause.json and overlays whatever the machine was doing.
-MACHINE_STATES = ("closed", "open", "half_open")
 
 _T = TypeVar("_T")
 

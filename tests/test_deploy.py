@@ -29,12 +29,16 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from monitor.config import parse_config, split_host_port
 from monitor.errors import ConfigError
-from monitor.health.cdplog import FAILURE_REASONS
 from monitor.health.probes import PROBES
-from monitor.metrics import BREAKER_STATES, TEMP_CHANNEL_STATES, Metrics
+from monitor.metrics import Metrics
 from monitor.reconcile import REASONS as DELETE_REASONS
-from monitor.reconcile import RESULTS as RECONCILE_RESULTS
 from monitor.sim.discord import DiscordSimulator
+from monitor.vocab import (
+    BREAKER_STATES,
+    CDP_FAILURE_REASONS,
+    RECONCILE_RESULTS,
+    TEMP_CHANNEL_STATES,
+)
 from tests.daemon_util import fast_config_dict, live_metrics_text
 from tests.prom_util import (
     PrometheusQueryError,
@@ -322,7 +326,7 @@ KNOWN_LABEL_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
     ("cdpmon_breaker_state", "state"): BREAKER_STATES,
     ("cdpmon_temp_channels", "state"): TEMP_CHANNEL_STATES,
     ("cdpmon_probe_success", "probe"): tuple(PROBES),
-    ("cdpmon_cdp_channel_create_failures_total", "reason"): FAILURE_REASONS,
+    ("cdpmon_cdp_channel_create_failures_total", "reason"): CDP_FAILURE_REASONS,
     ("cdpmon_reconcile_runs_total", "result"): RECONCILE_RESULTS,
     ("cdpmon_channels_deleted_total", "reason"): DELETE_REASONS,
 }

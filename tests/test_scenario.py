@@ -17,7 +17,6 @@ import pytest
 
 from monitor.demo import run_demo
 from monitor.errors import ScenarioError
-from monitor.sim.cdp import CHANNEL_PREFIX
 from monitor.sim.discord import DiscordSimulator
 from monitor.sim.scenario import (
     OUTAGE_KINDS,
@@ -30,6 +29,7 @@ from monitor.sim.scenario import (
     run_incident,
     run_once,
 )
+from monitor.vocab import CHANNEL_PREFIX
 
 SHORT = ScenarioSettings(rate=2, healthy=1.5, outage=3.5, after=2, client_timeout=15, tail=15)
 

@@ -5,15 +5,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from monitor.health.window import (
-    SOURCES,
     Sample,
     SampleWindow,
     SourceStats,
     WindowSettings,
     evaluate,
-    format_duration,
     statuspage_ok,
 )
+from monitor.vocab import SOURCES
 
 NOW = 1_700_000_000.0
 SETTINGS = WindowSettings(
@@ -165,22 +164,6 @@ def test_settings_freeze_thresholds() -> None:
     assert s.slow_thresholds["gateway"] == 1.0
     with pytest.raises(TypeError):
         s.slow_thresholds["rest"] = 1.0  # type: ignore[index]
-
-
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [
-        (0.5, "500ms"),
-        (15, "15s"),
-        (90, "90s"),
-        (120, "2m"),
-        (3600, "1h"),
-        (7200, "2h"),
-        (1.5, "1.5s"),
-    ],
-)
-def test_format_duration(seconds: float, text: str) -> None:
-    assert format_duration(seconds) == text
 
 
 def test_verdict_as_dict_is_json_ready() -> None:

@@ -28,9 +28,11 @@ from typing import Any
 import pybreaker
 
 from monitor.errors import StateError
-from monitor.health.window import Verdict, format_duration
-from monitor.metrics import BREAKER_STATES, Metrics
+from monitor.health.window import Verdict
+from monitor.metrics import Metrics
 from monitor.state import BreakerRecord, PauseRecord, StateDir
+from monitor.units import format_duration
+from monitor.vocab import BREAKER_STATES
 
 STATE_CLOSED = "closed"
 STATE_OPEN = "open"

@@ -28,7 +28,6 @@ from monitor.metrics import Metrics
 _log = logging.getLogger(__name__)
 
 FailureReason = Literal["timeout", "channel_limit", "retries_exhausted"]
-FAILURE_REASONS: tuple[FailureReason, ...] = ("timeout", "channel_limit", "retries_exhausted")
 
 # Requests for which CDP creates a channel (DESIGN section 7). The log cannot show
 # whether a chat request carried a channelId, so chat/images count as creating.
@@ -392,8 +391,6 @@ class CdpLogSignal:
         self._log = logger or _log
         self.lines_seen = 0
         self.events_seen = 0
-        for reason in FAILURE_REASONS:  # export zeros so rate() works from the start
-            metrics.cdp_create_failures.labels(reason=reason)
 
     def handle_line(self, line: str) -> CdpLogEvent | None:
         self.lines_seen += 1

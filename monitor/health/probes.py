@@ -21,9 +21,7 @@ from monitor.discord.rest import DiscordRestClient
 from monitor.errors import DiscordError, DiscordUnauthorized
 from monitor.health.window import Sample, statuspage_ok
 from monitor.metrics import Metrics
-
-# Sources that measure Discord; "cdp" is CDP liveness, reported but not an input.
-DISCORD_SOURCES = frozenset({"gateway", "rest", "statuspage"})
+from monitor.vocab import DISCORD_SOURCES
 
 
 @dataclass(frozen=True)

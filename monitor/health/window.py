@@ -22,9 +22,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-SOURCES = ("gateway", "rest", "gate", "cdplog", "cdp", "statuspage")
-# Everything except CDP liveness: a dead CDP says nothing about Discord.
-DISCORD_SOURCES = frozenset(SOURCES) - {"cdp"}
+from monitor.units import format_duration
+from monitor.vocab import DISCORD_SOURCES, SOURCES
 
 _STATUSPAGE_OK = frozenset({"operational"})
 
@@ -32,20 +31,6 @@ _STATUSPAGE_OK = frozenset({"operational"})
 def statuspage_ok(component_status: str) -> bool:
     """Whether a statuspage.io component status counts as a healthy sample."""
     return component_status.strip().lower() in _STATUSPAGE_OK
-
-
-def format_duration(seconds: float) -> str:
-    """Render seconds in the config's duration syntax: 500ms, 15s, 2m, 1h, 90s."""
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    if not float(seconds).is_integer():
-        return f"{seconds:g}s"
-    whole = int(seconds)
-    if whole % 3600 == 0:
-        return f"{whole // 3600}h"
-    if whole % 60 == 0:
-        return f"{whole // 60}m"
-    return f"{whole}s"
 
 
 @dataclass(frozen=True, slots=True)

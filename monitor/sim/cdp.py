@@ -39,11 +39,10 @@ from aiohttp import web
 from monitor.clock import SYSTEM_CLOCK, Clock
 from monitor.errors import DiscordError, DiscordHTTPError, DiscordTimeout
 from monitor.httpserve import start_site
+from monitor.vocab import CHANNEL_PREFIX, LEGACY_CHANNEL_PREFIX
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-CHANNEL_PREFIX = "cdp-chat-"
-LEGACY_CHANNEL_PREFIX = "cdp-对话-"  # before CDP v4.4.3; its remedy deletes both
 # discordgo v0.27.1 is what CDP links; Discord sees this User-Agent from CDP.
 DISCORDGO_USER_AGENT = "DiscordBot (https://github.com/bwmarrin/discordgo, v0.27.1)"
 MAX_MESSAGE_LEN = 2000
@@ -857,4 +856,4 @@ def _split(text: str, n: int) -> list[str]:
     return pieces
 
 
-__all__ = ["CHANNEL_PREFIX", "CdpEmulator", "CdpSettings", "format_go_duration"]
+__all__ = ["CdpEmulator", "CdpSettings", "format_go_duration"]

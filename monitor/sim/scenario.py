@@ -39,8 +39,9 @@ from prometheus_client import CollectorRegistry
 from monitor.config import parse_config
 from monitor.daemon import Daemon
 from monitor.errors import ScenarioError
-from monitor.sim.cdp import CHANNEL_PREFIX, CdpEmulator, CdpSettings
+from monitor.sim.cdp import CdpEmulator, CdpSettings
 from monitor.sim.discord import DiscordSimulator, SimSettings
+from monitor.vocab import CHANNEL_PREFIX
 
 OUTAGE_KINDS: dict[str, str] = {
     "slow": "channel creation hangs past CDP's attempt timeout, GET /gateway/bot is slow, "

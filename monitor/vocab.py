@@ -1,0 +1,29 @@
+"""Words shared across the package, each defined once: breaker states, health sample
+sources, CDP's channel-name prefixes, temporary-channel states."""
+
+from __future__ import annotations
+
+# What `/status` and `cdpmon_breaker_state{state}` report; "forced_open" is a pause.
+BREAKER_STATES = ("closed", "open", "half_open", "forced_open")
+# The health machine's own states; a pause lives in pause.json and overlays them.
+MACHINE_STATES = ("closed", "open", "half_open")
+OPEN_STATES = frozenset({"open", "forced_open"})
+
+# Where a health sample comes from. "cdp" is CDP's own liveness: reported, never an
+# input to the Discord judgement (a dead CDP says nothing about Discord).
+SOURCES = ("gateway", "rest", "gate", "cdplog", "cdp", "statuspage")
+DISCORD_SOURCES = frozenset(SOURCES) - {"cdp"}
+
+# CDP >= 4.4.3 names its channels cdp-chat-<requestId>; older versions cdp-对话-<id>.
+CHANNEL_PREFIX = "cdp-chat-"
+LEGACY_CHANNEL_PREFIX = "cdp-对话-"
+CHANNEL_PREFIXES = (CHANNEL_PREFIX, LEGACY_CHANNEL_PREFIX)
+DEFAULT_NAME_PATTERN = r"^cdp-(chat|对话)-"
+
+TEMP_CHANNEL_STATES = ("active", "empty", "stale", "leaked")
+
+# Label values known up front, so their counters start at 0 and `increase()` in an alert
+# sees the first event.
+CDP_FAILURE_REASONS = ("timeout", "channel_limit", "retries_exhausted")
+RECONCILE_RESULTS = ("ok", "partial", "error", "dry_run")
+RATELIMIT_SCOPES = ("user", "global", "shared")
