@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from monitor.discord.snowflake import parse_snowflake
 from monitor.errors import ConfigError
 from monitor.units import (
     DURATION_HINT,
@@ -120,13 +121,10 @@ def _fraction(value: float) -> float:
 
 
 def _snowflake(value: Any) -> Any:
-    if isinstance(value, bool):
+    number = parse_snowflake(value)
+    if number is None:
         raise _problem("must be a Discord id (a positive integer)")
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if not isinstance(value, int) or not 0 < value < 2**64:
-        raise _problem("must be a Discord id (a positive integer)")
-    return value
+    return number
 
 
 def _id_list(value: Any) -> Any:

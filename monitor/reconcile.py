@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry
 from monitor.clock import SYSTEM_CLOCK, Clock
 from monitor.config import Config, ReconcileConfig
 from monitor.discord.rest import DiscordRestClient
-from monitor.discord.snowflake import snowflake_time
+from monitor.discord.snowflake import parse_snowflake, snowflake_time
 from monitor.errors import (
     DiscordError,
     DiscordMalformedResponse,
@@ -170,21 +170,10 @@ class _Facts:
     raw: Mapping[str, Any]
 
 
-def _snowflake(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if 0 < value < 2**64 else None
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        number = int(value)
-        return number if 0 < number < 2**64 else None
-    return None
-
-
 def _parse(raw: Any, guild_id: int | None) -> _Facts | Skip:
     if not isinstance(raw, Mapping):
         return Skip(None, None, f"listing entry is not an object ({type(raw).__name__})")
-    cid = _snowflake(raw.get("id"))
+    cid = parse_snowflake(raw.get("id"))
     if cid is None:
         shown = raw.get("id")
         return Skip(None, _str_or_none(raw.get("name")), f"missing or invalid id {shown!r}")
@@ -194,7 +183,7 @@ def _parse(raw: Any, guild_id: int | None) -> _Facts | Skip:
     type_ = raw.get("type")
     if isinstance(type_, bool) or not isinstance(type_, int):
         return Skip(str(cid), name, f"unknown channel type {type_!r}")
-    if guild_id is not None and "guild_id" in raw and _snowflake(raw["guild_id"]) != guild_id:
+    if guild_id is not None and "guild_id" in raw and parse_snowflake(raw["guild_id"]) != guild_id:
         return Skip(str(cid), name, f"belongs to another guild ({raw['guild_id']!r})")
     return _Facts(cid, name, type_, raw)
 
@@ -237,7 +226,7 @@ def _judge(
     raw_last = f.raw["last_message_id"]
     last: int | None = None
     if raw_last is not None:
-        last = _snowflake(raw_last)
+        last = parse_snowflake(raw_last)
         if last is None:
             return Skip(str(f.id), f.name, f"invalid last_message_id {raw_last!r}")
     return _decide(f, last, ledger.lookup_channel_name(f.name), settings, now, min_age)

@@ -18,3 +18,18 @@ def make_snowflake(
     if ms < 0:
         raise ValueError("time before the Discord epoch")
     return (ms << 22) | ((worker & 0x1F) << 17) | ((process & 0x1F) << 12) | (increment & 0xFFF)
+
+
+def parse_snowflake(value: object) -> int | None:
+    """A Discord id from JSON or config (an int, or a string of ASCII digits, surrounding
+    blanks allowed) → int; None for anything else, including 0 and ids of 64 bits or more."""
+    if isinstance(value, bool):  # bool is an int subclass
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()):
+            return None
+        value = int(text)
+    if isinstance(value, int) and 0 < value < 2**64:
+        return value
+    return None
