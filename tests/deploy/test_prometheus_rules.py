@@ -1,0 +1,72 @@
+"""Prometheus rules and config: promtool checks, rule unit tests, alert annotations."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+from tests.deploy.files import (
+    ALERTS,
+    ALERTS_TEST,
+    PROMETHEUS_CONFIG,
+    PYPROJECT,
+    REPO_ROOT,
+    alert_rules,
+    load_yaml,
+    require_tool,
+    run,
+)
+
+
+def test_promtool_check_rules() -> None:
+    promtool = require_tool("promtool", "prometheus")
+    result = run(promtool, "check", "rules", str(ALERTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_rule_unit_tests() -> None:
+    promtool = require_tool("promtool", "prometheus")
+    result = run(promtool, "test", "rules", ALERTS_TEST.name, cwd=ALERTS_TEST.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_check_config() -> None:
+    promtool = require_tool("promtool", "prometheus")
+    result = run(promtool, "check", "config", PROMETHEUS_CONFIG.name, cwd=PROMETHEUS_CONFIG.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert load_yaml(PROMETHEUS_CONFIG)["rule_files"] == [ALERTS.name]
+    (job,) = load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]
+    assert job["static_configs"] == [{"targets": ["127.0.0.1:9105"]}]
+
+
+def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
+    fired: set[str] = set()
+    quiet: set[str] = set()
+    for case in load_yaml(ALERTS_TEST)["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (fired if check.get("exp_alerts") else quiet).add(check["alertname"])
+    names = {rule["alert"] for rule in alert_rules()}
+    assert names - fired == set(), "alerts never tested firing"
+    assert names - quiet == set(), "alerts never tested staying quiet"
+
+
+def runbook_anchors() -> set[str]:
+    """`### runbook-...` sections of README.md."""
+    text = (REPO_ROOT / "README.md").read_text()
+    return set(re.findall(r"^### (runbook-[a-z0-9-]+)\s*$", text, re.M))
+
+
+def test_alerts_have_severity_summary_description_and_a_runbook_that_exists() -> None:
+    homepage = tomllib.loads(PYPROJECT.read_text())["project"]["urls"]["Homepage"]
+    anchors = runbook_anchors()
+    linked = set()
+    for rule in alert_rules():
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in ("critical", "warning", "info"), name
+        annotations = rule["annotations"]
+        assert set(annotations) == {"summary", "description", "runbook"}, name
+        base, _, anchor = annotations["runbook"].partition("#")
+        assert base == homepage, name
+        assert anchor in anchors, f"{name}: no '### {anchor}' section"
+        linked.add(anchor)
+    assert anchors - linked == set(), "runbook sections no alert links to"
