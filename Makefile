@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo sim bench clean
+.PHONY: test lint tools demo sim bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,25 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check monitor tests bench
 	$(BIN)/mypy
 
-test: lint
+# The deployment tests run the real promtool, prometheus and systemd-analyze: install
+# Debian's packages when we can (root with apt-get), else name them and stop.
+TOOL_PACKAGES := prometheus systemd
+tools:
+	@missing=""; \
+	for t in promtool prometheus systemd-analyze; do command -v $$t >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        echo "make: installing Debian packages: $(TOOL_PACKAGES)"; \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	            apt-get install -y -qq --no-install-recommends $(TOOL_PACKAGES) >/dev/null; \
+	    else \
+	        echo "make: the tests need promtool, prometheus and systemd-analyze;" \
+	             "install Debian's packages: $(TOOL_PACKAGES) (sudo apt-get install $(TOOL_PACKAGES))" >&2; \
+	        exit 1; \
+	    fi; \
+	fi
+
+test: lint tools
 	$(BIN)/pytest
 
 demo: $(STAMP)
