@@ -40,7 +40,7 @@ def prometheus_binary() -> str:
     if found is None:
         pytest.fail(
             "the prometheus server is missing: install Debian's `prometheus` package "
-            "(.ci/run does)",
+            "(`make test` does when run as root)",
             pytrace=False,
         )
     return found
