@@ -29,11 +29,21 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry, *, process_metrics: bool = False) -> None:
         self.registry = registry
-        r = registry
         if process_metrics:
-            ProcessCollector(registry=r)
-            PlatformCollector(registry=r)
-            GCCollector(registry=r)
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        # In this order: the exposition lists metrics in registration order.
+        self._probes(registry)
+        self._health(registry)
+        self._discord(registry)
+        self._guild(registry)
+        self._gate(registry)
+        self._process(registry)
+        self.set_breaker_state("closed")
+
+    def _probes(self, r: CollectorRegistry) -> None:
+        """Probe results and the gateway probe's phases."""
         self.probe_success = Gauge(
             "cdpmon_probe_success",
             "1 if the last probe run succeeded",
@@ -49,6 +59,9 @@ class Metrics:
             ["phase"],
             registry=r,
         )
+
+    def _health(self, r: CollectorRegistry) -> None:
+        """The health window's ratios, the breaker and the manual pause."""
         self.health_failure_ratio = Gauge(
             "cdpmon_health_failure_ratio", "Failure ratio in the health window", registry=r
         )
@@ -62,6 +75,12 @@ class Metrics:
             "cdpmon_breaker_transitions", "Breaker transitions by target state", ["to"], registry=r
         )
         self.paused = Gauge("cdpmon_paused", "1 while a manual pause is in force", registry=r)
+        for state in BREAKER_STATES:
+            self.breaker_transitions.labels(to=state)
+        self.paused.set(0)
+
+    def _discord(self, r: CollectorRegistry) -> None:
+        """The Discord client: requests, retries, rate limits, token."""
         self.discord_requests = Counter(
             "cdpmon_discord_requests",
             "Requests sent to Discord by route template, method and status code",
@@ -108,6 +127,12 @@ class Metrics:
             "session_start_limit.remaining from GET /gateway/bot",
             registry=r,
         )
+        for scope in RATELIMIT_SCOPES:
+            self.discord_ratelimited.labels(scope=scope)
+        self.discord_token_invalid.set(0)
+
+    def _guild(self, r: CollectorRegistry) -> None:
+        """The guild's channels and the reconciler."""
         self.guild_channels = Gauge(
             "cdpmon_guild_channels", "Channels in the guild", ["guild"], registry=r
         )
@@ -140,6 +165,11 @@ class Metrics:
             "Unix time of the last successful reconcile run",
             registry=r,
         )
+        for result in RECONCILE_RESULTS:
+            self.reconcile_runs.labels(result=result)
+
+    def _gate(self, r: CollectorRegistry) -> None:
+        """The gate and the channel-create outcomes seen in CDP's log."""
         self.gate_requests = Counter(
             "cdpmon_gate_requests", "Requests seen by the gate", ["kind", "decision"], registry=r
         )
@@ -169,6 +199,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        for reason in CDP_FAILURE_REASONS:
+            self.cdp_create_failures.labels(reason=reason)
+
+    def _process(self, r: CollectorRegistry) -> None:
+        """Build, config reloads, supervised loops and breaker actions."""
         self.build_info = Gauge("cdpmon_build_info", "Build information", ["version"], registry=r)
         self.config_last_reload_successful = Gauge(
             "cdpmon_config_last_reload_successful",
@@ -184,19 +219,8 @@ class Metrics:
         self.action_failures = Counter(
             "cdpmon_action_failures", "Failed breaker actions", ["kind"], registry=r
         )
-        for state in BREAKER_STATES:
-            self.breaker_transitions.labels(to=state)
-        for scope in RATELIMIT_SCOPES:
-            self.discord_ratelimited.labels(scope=scope)
-        for reason in CDP_FAILURE_REASONS:
-            self.cdp_create_failures.labels(reason=reason)
-        for result in RECONCILE_RESULTS:
-            self.reconcile_runs.labels(result=result)
         self.build_info.labels(version=__version__).set(1)
         self.config_last_reload_successful.set(1)
-        self.discord_token_invalid.set(0)
-        self.paused.set(0)
-        self.set_breaker_state("closed")
 
     def set_breaker_state(self, state: str) -> None:
         for s in BREAKER_STATES:

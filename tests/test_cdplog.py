@@ -22,12 +22,10 @@ from monitor.health.cdplog import (
     CreateFailure,
     CreateRetry,
     RequestOutcome,
-    backoff_delay,
-    follow_command,
-    follow_file,
     parse_go_duration,
     parse_line,
 )
+from monitor.health.follow import backoff_delay, follow_command, follow_file
 from monitor.health.window import Sample
 from monitor.metrics import Metrics
 
