@@ -385,7 +385,9 @@ async def test_follow_command_restarts_after_clean_exit_too() -> None:
 async def test_follow_command_terminates_the_command_on_close(tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     script = f"echo $$ > {pidfile}; echo ready; exec sleep 600"
-    async with aclosing(follow_command(["sh", "-c", script], clock=FakeClock())) as lines:
+    async with aclosing(
+        follow_command(["sh", "-c", script], clock=FakeClock(), backoff_base=1.0)
+    ) as lines:
         assert await _next(lines) == "ready"
         pid = int(pidfile.read_text())
     with pytest.raises(ProcessLookupError):
@@ -399,7 +401,9 @@ async def test_follow_command_that_cannot_start_keeps_retrying(
     missing = str(tmp_path / "no-such-command")
 
     async def pull() -> None:
-        async for _ in follow_command([missing], clock=clock, logger=logging.getLogger("t.m")):
+        async for _ in follow_command(
+            [missing], clock=clock, backoff_base=1.0, logger=logging.getLogger("t.m")
+        ):
             pass
 
     with caplog.at_level(logging.WARNING, logger="t.m"):
@@ -423,7 +427,9 @@ async def test_follow_command_feeds_the_signal() -> None:
         "echo '[WARN] 2024/05/01 - 12:00:00 | r | Create channel timed out, retrying...1' >&2; "
         "echo '[GIN] 2024/05/01 - 12:00:01 | r | 200 | 5ms | 127.0.0.1 | GET /v1/models'"
     )
-    async with aclosing(follow_command(["sh", "-c", script], clock=FakeClock())) as lines:
+    async with aclosing(
+        follow_command(["sh", "-c", script], clock=FakeClock(), backoff_base=1.0)
+    ) as lines:
         for _ in range(2):
             signal.handle_line(await _next(lines))
     assert _metric(metrics, "cdpmon_cdp_channel_create_retries_total") == 1

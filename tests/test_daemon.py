@@ -324,7 +324,9 @@ async def test_metrics_pass_promtool_check(
     discord_sim: DiscordSimulator, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: install Debian's `prometheus` package (`make test` does when run as root)"
+    assert promtool, (
+        "promtool is missing: install Debian's `prometheus` package (`make test` does when run as root)"
+    )
     config = fast_config(discord_sim, tmp_path / "state")
     async with running_daemon(config) as daemon:
         await wait_for(daemon.ready, what="ready")

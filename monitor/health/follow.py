@@ -130,8 +130,8 @@ def backoff_delay(consecutive_failures: int, *, initial: float, maximum: float) 
 async def follow_command(
     argv: Sequence[str],
     *,
+    backoff_base: float,  # signals.cdp_log.restart_backoff
     clock: Clock = SYSTEM_CLOCK,
-    backoff_base: float = 1.0,
     backoff_max: float = 60.0,
     stable_after: float = 60.0,
     merge_stderr: bool = True,
