@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
@@ -57,11 +57,43 @@ class GatewayProbeResult:
 class _ProbeFailure(Exception):
     """Internal: ends the probe with a non-ok outcome from inside the timed block."""
 
-    def __init__(self, outcome: Outcome, error: str, *, close_code: int | None = None) -> None:
+    def __init__(
+        self,
+        outcome: Outcome,
+        error: str,
+        *,
+        close_code: int | None = None,
+        http_status: int | None = None,
+    ) -> None:
         super().__init__(error)
         self.outcome = outcome
         self.error = error
         self.close_code = close_code
+        self.http_status = http_status
+
+
+@dataclass
+class _Progress:
+    """How far a probe got: the phase under way, what each finished phase took."""
+
+    phase: Phase = "connect"
+    latencies: dict[Phase, float] = field(default_factory=dict)
+    interval: int | None = None
+    ws: aiohttp.ClientWebSocketResponse | None = None
+
+    def result(
+        self, outcome: Outcome, error: str | None = None, **extra: Any
+    ) -> GatewayProbeResult:
+        return GatewayProbeResult(
+            outcome=outcome,
+            phase=None if outcome == "ok" else self.phase,
+            connect=self.latencies.get("connect"),
+            hello=self.latencies.get("hello"),
+            heartbeat_ack=self.latencies.get("heartbeat_ack"),
+            heartbeat_interval_ms=self.interval,
+            error=error,
+            **extra,
+        )
 
 
 def gateway_connect_url(url: str) -> str:
@@ -79,81 +111,75 @@ async def probe_gateway(
 
     Returns a result for every network-level outcome; raises only on programming errors.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    phase: Phase = "connect"
-    latencies: dict[Phase, float] = {}
-    interval: int | None = None
-    ws: aiohttp.ClientWebSocketResponse | None = None
-
-    def result(outcome: Outcome, error: str | None = None, **extra: Any) -> GatewayProbeResult:
-        return GatewayProbeResult(
-            outcome=outcome,
-            phase=None if outcome == "ok" else phase,
-            connect=latencies.get("connect"),
-            hello=latencies.get("hello"),
-            heartbeat_ack=latencies.get("heartbeat_ack"),
-            heartbeat_interval_ms=interval,
-            error=error,
-            **extra,
-        )
-
+    deadline = asyncio.get_running_loop().time() + timeout
+    p = _Progress()
     try:
         async with asyncio.timeout_at(deadline):
-            started = clock.monotonic()
-            try:
-                ws = await session.ws_connect(
-                    gateway_connect_url(url), autoping=True, heartbeat=None, compress=0
-                )
-            except aiohttp.WSServerHandshakeError as exc:
-                return result(
-                    "refused", f"upgrade failed: HTTP {exc.status}", http_status=exc.status
-                )
-            except aiohttp.ClientError as exc:
-                if isinstance(exc, TimeoutError):
-                    raise
-                return result("refused", f"connect failed: {exc!r}")
-            latencies["connect"] = clock.monotonic() - started
-
-            phase = "hello"
-            started = clock.monotonic()
-            hello = await _receive_payload(ws, expect="HELLO")
-            if hello.get("op") != OP_HELLO:
-                raise _ProbeFailure(
-                    "protocol_error", f"expected op 10 HELLO, got op {hello.get('op')!r}"
-                )
-            interval = _heartbeat_interval(hello)
-            latencies["hello"] = clock.monotonic() - started
-
-            phase = "heartbeat_ack"
-            started = clock.monotonic()
-            try:
-                await ws.send_str(json.dumps({"op": OP_HEARTBEAT, "d": None}))
-            except (aiohttp.ClientError, ConnectionError) as exc:
-                raise _ProbeFailure(
-                    "closed", f"send failed: {exc!r}", close_code=ws.close_code
-                ) from exc
-            while True:
-                payload = await _receive_payload(ws, expect="HEARTBEAT_ACK")
-                op = payload.get("op")
-                if op == OP_HEARTBEAT_ACK:
-                    break
-                # Op 1 is the server asking for a heartbeat; ours is already in flight.
-                if op != OP_HEARTBEAT:
-                    raise _ProbeFailure("protocol_error", f"expected op 11 ACK, got op {op!r}")
-            latencies["heartbeat_ack"] = clock.monotonic() - started
+            p.ws = await _connect(url, session, clock, p)
+            await _hello(p.ws, clock, p)
+            await _heartbeat(p.ws, clock, p)
     except TimeoutError:
-        await _close(ws, deadline)
-        return result("timeout", f"no answer within {timeout:g}s (phase {phase})")
+        await _close(p.ws, deadline)
+        return p.result("timeout", f"no answer within {timeout:g}s (phase {p.phase})")
     except _ProbeFailure as exc:
-        await _close(ws, deadline)
-        return result(exc.outcome, exc.error, close_code=exc.close_code)
+        await _close(p.ws, deadline)
+        return p.result(
+            exc.outcome, exc.error, close_code=exc.close_code, http_status=exc.http_status
+        )
     except BaseException:
-        await _close(ws, deadline)
+        await _close(p.ws, deadline)
         raise
+    await _close(p.ws, deadline)
+    return p.result("ok")
 
-    await _close(ws, deadline)
-    return result("ok")
+
+async def _connect(
+    url: str, session: aiohttp.ClientSession, clock: Clock, p: _Progress
+) -> aiohttp.ClientWebSocketResponse:
+    p.phase = "connect"
+    started = clock.monotonic()
+    try:
+        ws = await session.ws_connect(
+            gateway_connect_url(url), autoping=True, heartbeat=None, compress=0
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        raise _ProbeFailure(
+            "refused", f"upgrade failed: HTTP {exc.status}", http_status=exc.status
+        ) from exc
+    except aiohttp.ClientError as exc:
+        if isinstance(exc, TimeoutError):
+            raise
+        raise _ProbeFailure("refused", f"connect failed: {exc!r}") from exc
+    p.latencies["connect"] = clock.monotonic() - started
+    return ws
+
+
+async def _hello(ws: aiohttp.ClientWebSocketResponse, clock: Clock, p: _Progress) -> None:
+    p.phase = "hello"
+    started = clock.monotonic()
+    hello = await _receive_payload(ws, expect="HELLO")
+    if hello.get("op") != OP_HELLO:
+        raise _ProbeFailure("protocol_error", f"expected op 10 HELLO, got op {hello.get('op')!r}")
+    p.interval = _heartbeat_interval(hello)
+    p.latencies["hello"] = clock.monotonic() - started
+
+
+async def _heartbeat(ws: aiohttp.ClientWebSocketResponse, clock: Clock, p: _Progress) -> None:
+    p.phase = "heartbeat_ack"
+    started = clock.monotonic()
+    try:
+        await ws.send_str(json.dumps({"op": OP_HEARTBEAT, "d": None}))
+    except (aiohttp.ClientError, ConnectionError) as exc:
+        raise _ProbeFailure("closed", f"send failed: {exc!r}", close_code=ws.close_code) from exc
+    while True:
+        payload = await _receive_payload(ws, expect="HEARTBEAT_ACK")
+        op = payload.get("op")
+        if op == OP_HEARTBEAT_ACK:
+            break
+        # Op 1 is the server asking for a heartbeat; ours is already in flight.
+        if op != OP_HEARTBEAT:
+            raise _ProbeFailure("protocol_error", f"expected op 11 ACK, got op {op!r}")
+    p.latencies["heartbeat_ack"] = clock.monotonic() - started
 
 
 async def _receive_payload(ws: aiohttp.ClientWebSocketResponse, *, expect: str) -> dict[str, Any]:

@@ -1,0 +1,360 @@
+"""The plan (pure): a guild listing + the request ledger + settings + `now` → what to delete.
+
+`plan` gives the channels to delete (oldest first, capped), each with its reason, every
+other temporary channel with why it is kept, and the census. `recheck` judges one channel
+again from what Discord answers just before its deletion. A wrong deletion is the worst
+bug this product can have, so the rules are narrow and anything unexpected in the listing
+is skipped.
+
+The rules (DESIGN section 2.6): a candidate is a text channel (type 0) whose name matches
+`name_pattern` (`re.match`, from the start) and whose id is not protected. It is deleted
+when its ledger request failed (`ledger_failed`), completed longer ago than
+`cdp_auto_delete + ledger_grace` (`ledger_completed`), it is empty and older than
+`min_age` (`empty_aged`; `emergency_min_age` above the high watermark), or (only with
+`stale_after`) its last activity is older than `stale_after` and the channel older than
+`min_age` (`stale`). Never while its ledger request is open or completed within the grace
+period.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitor.config import ReconcileConfig
+from monitor.discord.snowflake import parse_snowflake, snowflake_time
+from monitor.ledger import EMPTY_LEDGER, LedgerEntry, LedgerView
+from monitor.units import format_duration
+from monitor.vocab import TEMP_CHANNEL_STATES
+
+TEXT_CHANNEL = 0
+REASONS = ("ledger_failed", "ledger_completed", "empty_aged", "stale")
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One planned deletion, with what the listing said (the re-check compares)."""
+
+    channel_id: int
+    name: str
+    reason: str
+    created_at: float
+    last_message_id: int | None
+    request_id: str | None = None  # from the ledger, when it decided
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.channel_id),
+            "name": self.name,
+            "reason": self.reason,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """A channel left alone (or a listing entry that could not be understood), and why."""
+
+    channel_id: str | None
+    name: str | None
+    why: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.channel_id, "name": self.name, "why": self.why}
+
+
+@dataclass(frozen=True, slots=True)
+class Census:
+    """How full the guild is and what its temporary channels are doing."""
+
+    at: float
+    channels: int  # every listed channel: categories and voice count toward the limit
+    limit: int
+    high_watermark: float
+    active: int = 0  # open ledger request, or recent activity
+    empty: int = 0  # no message yet, too young to delete
+    stale: int = 0  # messages, but none for long (deleted only with stale_after)
+    leaked: int = 0  # the rules would delete it (cap aside)
+
+    @property
+    def usage(self) -> float:
+        return self.channels / self.limit if self.limit > 0 else 0.0
+
+    @property
+    def above_watermark(self) -> bool:
+        return above_watermark(self.channels, self.limit, self.high_watermark)
+
+    def temp(self) -> dict[str, int]:
+        return {s: getattr(self, s) for s in TEMP_CHANNEL_STATES}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "channels": self.channels,
+            "limit": self.limit,
+            "usage": round(self.usage, 4),
+            "above_watermark": self.above_watermark,
+            "temp": self.temp(),
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    now: float
+    emergency: bool  # above the high watermark: emergency_min_age applies
+    min_age: float  # the min_age applied to empty channels
+    actions: tuple[Action, ...]
+    skipped: tuple[Skip, ...]
+    deferred: int  # deletable, but past max_deletes_per_run (next run)
+    not_matching: int  # listed channels whose name does not match (not listed in skipped)
+    census: Census
+
+
+def above_watermark(channels: int, limit: int, high_watermark: float) -> bool:
+    return limit > 0 and channels >= high_watermark * limit
+
+
+def ago(seconds: float) -> str:
+    """A duration for a human ("9m"), never negative."""
+    return format_duration(max(0.0, round(seconds, 3)))
+
+
+# -- one listing entry ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """A listing entry understood well enough to judge."""
+
+    id: int
+    name: str
+    type: int
+    raw: Mapping[str, Any]
+
+
+def _parse(raw: Any, guild_id: int | None) -> _Facts | Skip:
+    if not isinstance(raw, Mapping):
+        return Skip(None, None, f"listing entry is not an object ({type(raw).__name__})")
+    cid = parse_snowflake(raw.get("id"))
+    if cid is None:
+        shown = raw.get("id")
+        return Skip(None, _str_or_none(raw.get("name")), f"missing or invalid id {shown!r}")
+    name = raw.get("name")
+    if not isinstance(name, str):
+        return Skip(str(cid), None, f"name is not a string ({type(name).__name__})")
+    type_ = raw.get("type")
+    if isinstance(type_, bool) or not isinstance(type_, int):
+        return Skip(str(cid), name, f"unknown channel type {type_!r}")
+    if guild_id is not None and "guild_id" in raw and parse_snowflake(raw["guild_id"]) != guild_id:
+        return Skip(str(cid), name, f"belongs to another guild ({raw['guild_id']!r})")
+    return _Facts(cid, name, type_, raw)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    reason: str | None  # a delete reason, or None: keep it
+    why: str  # why it is kept ("" when deleted)
+    state: str  # census state: active, empty, stale, leaked
+    last_message_id: int | None = None
+    request_id: str | None = None
+
+
+def _judge(
+    f: _Facts,
+    ledger: LedgerView,
+    settings: ReconcileConfig,
+    now: float,
+    min_age: float,
+) -> _Verdict | Skip | None:
+    """None: not a temporary channel at all (name does not match)."""
+    if not settings.name_regex.match(f.name):
+        return None
+    if f.type != TEXT_CHANNEL:
+        return Skip(str(f.id), f.name, f"type {f.type} is not a text channel")
+    if f.id in settings.protected_channel_ids:
+        return Skip(str(f.id), f.name, "protected id")
+    if "last_message_id" not in f.raw:
+        # A text channel always has the field; without it emptiness is unknowable.
+        return Skip(str(f.id), f.name, "no last_message_id field")
+    raw_last = f.raw["last_message_id"]
+    last: int | None = None
+    if raw_last is not None:
+        last = parse_snowflake(raw_last)
+        if last is None:
+            return Skip(str(f.id), f.name, f"invalid last_message_id {raw_last!r}")
+    entry = ledger.lookup_channel_name(f.name)
+    if entry is not None:
+        return _decide_by_ledger(entry, last, settings, now)
+    return _decide_by_age(f, last, settings, now, min_age)
+
+
+def _decide_by_ledger(
+    entry: LedgerEntry, last: int | None, s: ReconcileConfig, now: float
+) -> _Verdict:
+    # The ledger knows this request: it outranks the age rules.
+    rid = entry.request_id
+    if entry.state == "open":
+        return _Verdict(None, f"request {rid} is still open", "active", last, rid)
+    if entry.state == "failed":
+        return _Verdict("ledger_failed", "", "leaked", last, rid)
+    finished = entry.last_change
+    if now - finished > s.cdp_auto_delete + s.ledger_grace:
+        return _Verdict("ledger_completed", "", "leaked", last, rid)
+    why = f"request {rid} completed {ago(now - finished)} ago; CDP deletes it itself"
+    return _Verdict(None, why, "active", last, rid)
+
+
+def _decide_by_age(
+    f: _Facts, last: int | None, s: ReconcileConfig, now: float, min_age: float
+) -> _Verdict:
+    age = now - snowflake_time(f.id)
+    if last is None:
+        if age > min_age:
+            return _Verdict("empty_aged", "", "leaked", last)
+        why = f"empty, only {ago(age)} old (min_age {ago(min_age)})"
+        return _Verdict(None, why, "empty", last)
+    idle = now - snowflake_time(last)
+    # stale also needs min_age: a stale_after shorter than min_age must not delete young
+    # channels (the backlog lands late, and CDP may still be posting into it).
+    if s.stale_after is not None and idle > s.stale_after and age > min_age:
+        return _Verdict("stale", "", "leaked", last)
+    threshold = s.stale_after if s.stale_after is not None else s.min_age
+    state = "stale" if idle > threshold else "active"
+    return _Verdict(None, f"has messages (last {ago(idle)} ago)", state, last)
+
+
+# -- the whole listing ----------------------------------------------------------------------
+
+
+@dataclass
+class _Sorted:
+    """The listing sorted into what the rules would delete and what they keep."""
+
+    deletable: list[Action] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TEMP_CHANNEL_STATES, 0))
+    not_matching: int = 0
+
+
+def _sort_listing(
+    channels: Sequence[Any],
+    ledger: LedgerView,
+    settings: ReconcileConfig,
+    now: float,
+    min_age: float,
+    guild_id: int | None,
+) -> _Sorted:
+    out = _Sorted()
+    seen: set[int] = set()
+    for raw in channels:
+        facts = _parse(raw, guild_id)
+        if isinstance(facts, Skip):
+            out.skipped.append(facts)
+            continue
+        if facts.id in seen:
+            out.skipped.append(Skip(str(facts.id), facts.name, "listed twice"))
+            continue
+        seen.add(facts.id)
+        verdict = _judge(facts, ledger, settings, now, min_age)
+        if verdict is None:
+            out.not_matching += 1
+        elif isinstance(verdict, Skip):
+            out.skipped.append(verdict)
+        else:
+            out.counts[verdict.state] += 1
+            if verdict.reason is None:
+                out.skipped.append(Skip(str(facts.id), facts.name, verdict.why))
+            else:
+                out.deletable.append(_action(facts, verdict, verdict.reason))
+    return out
+
+
+def _action(facts: _Facts, verdict: _Verdict, reason: str) -> Action:
+    return Action(
+        channel_id=facts.id,
+        name=facts.name,
+        reason=reason,
+        created_at=snowflake_time(facts.id),
+        last_message_id=verdict.last_message_id,
+        request_id=verdict.request_id,
+    )
+
+
+def plan(
+    channels: Sequence[Any],
+    ledger_view: LedgerView | None,
+    settings: ReconcileConfig,
+    now: float,
+    *,
+    guild_limit: int,
+    guild_id: int | None = None,
+) -> Plan:
+    """Decide what to delete. Pure: the same inputs always give the same plan."""
+    ledger = EMPTY_LEDGER if ledger_view is None else ledger_view
+    total = len(channels)
+    emergency = above_watermark(total, guild_limit, settings.high_watermark)
+    min_age = settings.emergency_min_age if emergency else settings.min_age
+    found = _sort_listing(channels, ledger, settings, now, min_age, guild_id)
+    deletable = sorted(found.deletable, key=lambda a: (a.created_at, a.channel_id))  # oldest first
+    cap = settings.max_deletes_per_run
+    actions, later = deletable[:cap], deletable[cap:]
+    found.skipped.extend(
+        Skip(str(a.channel_id), a.name, f"{a.reason}, but over max_deletes_per_run ({cap})")
+        for a in later
+    )
+    census = Census(
+        at=now,
+        channels=total,
+        limit=guild_limit,
+        high_watermark=settings.high_watermark,
+        **found.counts,
+    )
+    return Plan(
+        now=now,
+        emergency=emergency,
+        min_age=min_age,
+        actions=tuple(actions),
+        skipped=tuple(found.skipped),
+        deferred=len(later),
+        not_matching=found.not_matching,
+        census=census,
+    )
+
+
+def recheck(
+    action: Action,
+    fresh: Any,
+    ledger_view: LedgerView | None,
+    settings: ReconcileConfig,
+    now: float,
+    *,
+    min_age: float,
+    guild_id: int | None = None,
+) -> tuple[str | None, str]:
+    """Judge a channel again from what Discord answered just now: (reason, "") to delete
+    it, else (None, why). Any change since the listing keeps it."""
+    facts = _parse(fresh, guild_id)
+    if isinstance(facts, Skip):
+        return None, f"unexpected answer: {facts.why}"
+    if facts.id != action.channel_id:
+        return None, f"Discord answered for another channel ({facts.id})"
+    if facts.type != TEXT_CHANNEL:
+        return None, f"type changed to {facts.type}"
+    if facts.name != action.name:
+        return None, f"renamed to {facts.name!r}"
+    ledger = EMPTY_LEDGER if ledger_view is None else ledger_view
+    verdict = _judge(facts, ledger, settings, now, min_age)
+    if verdict is None:
+        return None, "name no longer matches name_pattern"
+    if isinstance(verdict, Skip):
+        return None, verdict.why
+    if verdict.last_message_id != action.last_message_id:
+        return None, "a message arrived since the listing"
+    if verdict.reason is None:
+        return None, verdict.why
+    return verdict.reason, ""
