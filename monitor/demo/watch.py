@@ -26,6 +26,7 @@ from monitor.demo.results import RunResult
 from monitor.demo.settings import CREATE_ROUTE, ScenarioSettings
 from monitor.sim.cdp import CdpEmulator
 from monitor.sim.discord import DiscordSimulator
+from monitor.sim.discord.models import THREAD_TYPES
 from monitor.vocab import CHANNEL_PREFIX
 
 # Every route cdp-monitor itself calls (probes, census, reconcile re-check and delete).
@@ -39,7 +40,6 @@ MONITOR_ROUTES = frozenset(
         "DELETE /channels/{channel_id}",
     }
 )
-THREAD_TYPES = (10, 11, 12)
 LEAK_EVENT_EVERY = 4.0  # seconds: new leaks are told together, at most this often
 
 
