@@ -33,6 +33,7 @@ from pathlib import Path
 from monitor.demo import (
     OUTAGE_TEXT,
     SCENARIOS,
+    IncidentReport,
     ScenarioSettings,
     describe,
     format_summary,
@@ -98,7 +99,21 @@ async def main(args: argparse.Namespace) -> int:
             return 1
     print(f"both runs took {time.monotonic() - started:.0f} s\n")
     print(format_summary(report, detail=True))
+    print(breaker_timing(report))
     return 0
+
+
+def breaker_timing(report: IncidentReport) -> str:
+    """When the breaker first opened, against the outage's wall-clock window (a timing
+    figure: the tests only check it opened between the outage and recovery events)."""
+    m, s = report.with_monitor, report.settings
+    if m is None or m.breaker_opened_at is None:
+        return "breaker: never opened"
+    inside = s.healthy < m.breaker_opened_at < s.recovery_at
+    return (
+        f"breaker: first opened {m.breaker_opened_at - s.healthy:.1f} s into the "
+        f"{s.outage:g} s outage ({'inside' if inside else 'OUTSIDE'} the outage window)"
+    )
 
 
 def parse_args() -> argparse.Namespace:

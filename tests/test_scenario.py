@@ -28,6 +28,7 @@ from monitor.demo import (
     run_once,
 )
 from monitor.demo.events import BreakerChanged, Event, OutageStarted, Recovered
+from monitor.demo.narration import event_text
 from monitor.errors import ScenarioError
 from monitor.sim.discord import DiscordSimulator
 from monitor.vocab import CHANNEL_PREFIX
@@ -107,6 +108,13 @@ def test_with_cdp_monitor_no_30013_and_no_429_caused_by_it(
     assert with_.errors_30013 == 0 and with_.discord_30013 == 0
     assert with_.monitor_429 == 0
     assert with_.discord_429_monitor_routes == 0
+
+
+def test_every_recorded_event_has_a_sentence(incident: tuple[IncidentReport, Path]) -> None:
+    for result in runs(incident):
+        assert result.events
+        for event in result.events:
+            assert event_text(event) != type(event).__name__
 
 
 def test_summary_shows_both_runs_side_by_side(incident: tuple[IncidentReport, Path]) -> None:
