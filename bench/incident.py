@@ -1,12 +1,13 @@
 """Incident benchmark: the same outage without and with cdp-monitor, side by side.
 
-Runs the scenario of `monitor.sim.scenario` twice in one process, with the same seed:
-clients (the openai SDK, retrying as deployed clients do) send chat requests through CDP
-(the emulator, with CDP's real leak: timed-out create attempts still create their
-channels later); Discord (the simulator) becomes unstable for a while, then recovers.
-The first run has nothing in front of CDP; the second has cdp-monitor's gate, breaker
-and reconciler. Time is compressed the same way in both (CDP's attempt timeout of 1.5 s
-instead of 60 s, probes every 250 ms), so one invocation takes about a minute.
+Runs the scenario of `monitor.demo` (the run loop the demo narrates) twice in one
+process, with the same seed: clients (the openai SDK, retrying as deployed clients do)
+send chat requests through CDP (the emulator, with CDP's real leak: timed-out create
+attempts still create their channels later); Discord (the simulator) becomes unstable
+for a while, then recovers. The first run has nothing in front of CDP; the second has
+cdp-monitor's gate, breaker and reconciler. Time is compressed the same way in both
+(CDP's attempt timeout of 1.5 s instead of 60 s, probes every 250 ms), so one
+invocation takes about a minute.
 
     .venv/bin/python bench/incident.py [--rate 3] [--outage 10] [--kind slow]
         [--attempt-timeout 1.5] [--seed 7] [--scenario incident|prefill]
@@ -29,16 +30,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from monitor.errors import MonitorError
-from monitor.sim.scenario import (
-    OUTAGE_KINDS,
+from monitor.demo import (
+    OUTAGE_TEXT,
     SCENARIOS,
+    IncidentReport,
     ScenarioSettings,
     describe,
     format_summary,
     prefill_settings,
     run_incident,
 )
+from monitor.errors import MonitorError
 
 
 def machine() -> str:
@@ -97,7 +99,21 @@ async def main(args: argparse.Namespace) -> int:
             return 1
     print(f"both runs took {time.monotonic() - started:.0f} s\n")
     print(format_summary(report, detail=True))
+    print(breaker_timing(report))
     return 0
+
+
+def breaker_timing(report: IncidentReport) -> str:
+    """When the breaker first opened, against the outage's wall-clock window (a timing
+    figure: the tests only check it opened between the outage and recovery events)."""
+    m, s = report.with_monitor, report.settings
+    if m is None or m.breaker_opened_at is None:
+        return "breaker: never opened"
+    inside = s.healthy < m.breaker_opened_at < s.recovery_at
+    return (
+        f"breaker: first opened {m.breaker_opened_at - s.healthy:.1f} s into the "
+        f"{s.outage:g} s outage ({'inside' if inside else 'OUTSIDE'} the outage window)"
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -109,9 +125,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--outage", type=float, default=d.outage, help="outage length, seconds")
     p.add_argument(
         "--kind",
-        choices=sorted(OUTAGE_KINDS),
+        choices=sorted(OUTAGE_TEXT),
         default=d.outage_kind,
-        help="\n".join(f"{k}: {v}" for k, v in OUTAGE_KINDS.items()),
+        help="\n".join(f"{k}: {v}" for k, v in OUTAGE_TEXT.items()),
     )
     p.add_argument("--after", type=float, default=d.after, help="seconds of load after recovery")
     p.add_argument(

@@ -1,0 +1,141 @@
+"""What a run found (`RunResult`), both runs of an incident (`IncidentReport`), and the
+rows of their side-by-side summary (`narration.format_summary` lays them out)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from monitor.demo.events import Event, Tick
+from monitor.demo.settings import ScenarioSettings
+
+
+@dataclass
+class RunResult:
+    run: str  # "without" | "with"
+    settings: ScenarioSettings
+    interrupted: bool = False
+    duration: float = 0.0
+    requests: int = 0
+    ok: int = 0
+    refused: int = 0
+    failed: int = 0
+    unfinished: int = 0
+    peak_channels: int = 0
+    peak_temp_channels: int = 0
+    # Temporary channels CDP has not scheduled for deletion: in use, or leaked.
+    peak_held_channels: int = 0
+    leaked_at_end: int = 0
+    channels_at_end: int = 0
+    recovery_to_clean: float | None = None  # None: leaks remained at the end
+    errors_30013: int = 0  # CDP log lines reporting Discord's 30013
+    discord_30013: int = 0  # 30013 answers Discord gave (abandoned attempts included)
+    in_use_deleted: int = 0  # CDP found its channel gone mid-conversation
+    discord_429: int = 0
+    discord_429_monitor_routes: int = 0
+    monitor_429: int = 0  # 429s cdp-monitor's own client received
+    late_channels: int = 0  # channels created by CDP's abandoned attempts
+    cdp_create_timeouts: int = 0
+    cdp_max_concurrent_creates: int = 0
+    breaker_opened_at: float | None = None
+    inflight_at_open: int | None = None  # creates in flight at the gate when it first opened
+    # Requests that may leave channels behind: in flight whenever the breaker opened
+    # from closed, plus the trial slots of every half-open period.
+    exposed_requests: int = 0
+    breaker_trips: int = 0
+    half_open_periods: int = 0
+    reconcile_deleted: int = 0
+    reconcile_reasons: dict[str, int] = field(default_factory=dict)
+    under_watermark_at: float | None = None
+    timeline: list[Tick] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def success_ratio(self) -> float:
+        return self.ok / self.requests if self.requests else 0.0
+
+    @property
+    def with_monitor(self) -> bool:
+        return self.run == "with"
+
+    @property
+    def held_bound(self) -> int:
+        """What cdp-monitor promises for `peak_held_channels`: the requests it lets in at
+        once (`max_concurrent_creates`, one channel each) plus whatever the requests
+        already in flight whenever the breaker opened can leave behind, which is up to
+        CDP's `attempts` channels each (and each half-open period lets a trial or a few in)."""
+        s = self.settings
+        return s.prefill + s.max_concurrent_creates + s.attempts * self.exposed_requests
+
+
+@dataclass
+class IncidentReport:
+    settings: ScenarioSettings
+    without: RunResult | None = None
+    with_monitor: RunResult | None = None
+
+    @property
+    def runs(self) -> list[RunResult]:
+        return [r for r in (self.without, self.with_monitor) if r is not None]
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f}s"
+
+
+def summary_rows(report: IncidentReport, *, detail: bool = False) -> list[tuple[str, list[str]]]:
+    """(label, one cell per run) rows of the side-by-side summary; `detail` adds the
+    numbers behind them (the benchmark prints those too)."""
+    s = report.settings
+
+    def cells(fn: Callable[[RunResult], str]) -> list[str]:
+        return [fn(r) for r in report.runs]
+
+    def monitor_only(fn: Callable[[RunResult], str]) -> list[str]:
+        return cells(lambda r: fn(r) if r.with_monitor else "-")
+
+    rows: list[tuple[str, list[str]]] = []
+    if s.prefill:
+        rows += [
+            ("peak channels in the guild", cells(lambda r: f"{r.peak_channels}/{s.channel_limit}")),
+            (
+                f"under the watermark ({s.watermark_channels}) at",
+                cells(lambda r: _seconds(r.under_watermark_at)),
+            ),
+        ]
+    rows += [
+        ("peak temporary channels", cells(lambda r: str(r.peak_temp_channels))),
+        ("channels left leaked at the end", cells(lambda r: str(r.leaked_at_end))),
+        ("recovery -> no leaked channel", cells(lambda r: _seconds(r.recovery_to_clean))),
+        ("30013 errors (guild full)", cells(lambda r: str(r.errors_30013))),
+        ("client success ratio", cells(lambda r: f"{r.success_ratio:.0%}")),
+        (
+            "  requests ok / refused / failed",
+            cells(lambda r: f"{r.ok} / {r.refused} / {r.failed + r.unfinished}"),
+        ),
+        ("429s from Discord", cells(lambda r: str(r.discord_429))),
+        ("  answered to cdp-monitor's requests", monitor_only(lambda r: str(r.monitor_429))),
+    ]
+    if detail:
+        rows += [
+            ("channels from abandoned attempts", cells(lambda r: str(r.late_channels))),
+            (
+                "breaker opened, s into the outage",
+                monitor_only(
+                    lambda r: (
+                        "never"
+                        if r.breaker_opened_at is None
+                        else f"{r.breaker_opened_at - s.healthy:.1f}"
+                    )
+                ),
+            ),
+            ("  creates let in when it opened", monitor_only(lambda r: str(r.inflight_at_open))),
+            (
+                "peak held channels (bound)",
+                monitor_only(lambda r: f"{r.peak_held_channels} ({r.held_bound})"),
+            ),
+            ("channels deleted by reconcile", monitor_only(lambda r: str(r.reconcile_deleted))),
+            ("conversations that lost a channel", cells(lambda r: str(r.in_use_deleted))),
+            ("run time (s)", cells(lambda r: f"{r.duration:.1f}")),
+        ]
+    return rows

@@ -1,0 +1,204 @@
+"""What one incident run depends on: `ScenarioSettings`, the prefilled variant, the
+simulator faults that make the outage, and the daemon's config (time compressed as much
+as CDP's timeouts are)."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from monitor.sim.cdp import CdpEmulator
+from monitor.sim.discord import DiscordSimulator
+
+# How Discord misbehaves (`outage_faults` makes each; `narration.OUTAGE_TEXT` says it).
+OUTAGE_KINDS = ("slow", "refuse", "flaky")
+SCENARIOS = ("incident", "prefill")
+CREATE_ROUTE = "POST /guilds/{guild_id}/channels"
+
+
+@dataclass(frozen=True)
+class ScenarioSettings:
+    """Everything a run depends on; both runs of an incident use the same settings."""
+
+    scenario: str = "incident"  # incident | prefill (the guild starts 95% full of leaks)
+    seed: int = 7
+    rate: float = 3.0  # client chat requests per second
+    healthy: float = 4.0  # seconds of normal traffic before the outage
+    outage: float = 10.0  # seconds Discord is unstable
+    outage_kind: str = "slow"
+    after: float = 8.0  # seconds of traffic after Discord recovers
+    tail: float = 20.0  # at most this long after the load stops, waiting for a clean guild
+    attempt_timeout: float = 1.5  # CDP's per-attempt create timeout (60 s in real CDP)
+    attempts: int = 3  # CDP's CreateChannelWithRetry attempts
+    reply_delay: float = 0.2  # the Coze bot thinking
+    auto_delete: float = 1.0  # CHANNEL_AUTO_DEL_TIME
+    client_retries: int = 2  # the openai SDK's max_retries
+    client_timeout: float = 30.0
+    channel_limit: int = 500
+    prefill: int = 0  # old empty cdp-chat- channels in the guild before the run
+    max_concurrent_creates: int = 4
+    create_rate: float = 4.0  # gate.create_rate: under Discord's 5/s create bucket
+    when_open: str = "reject"  # gate.when_open: refuse at once, or hold up to hold_max
+    hold_max: float = 10.0
+    high_watermark: float = 0.8
+    sample_interval: float = 0.25
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.scenario not in SCENARIOS:
+            problems.append(f"scenario must be one of {', '.join(SCENARIOS)}")
+        if self.when_open not in ("reject", "hold") or self.hold_max <= 0:
+            problems.append("when_open must be reject or hold, with a positive hold_max")
+        if self.outage_kind not in OUTAGE_KINDS:
+            problems.append(f"outage_kind must be one of {', '.join(OUTAGE_KINDS)}")
+        if self.rate <= 0:
+            problems.append("rate must be positive")
+        for name in ("healthy", "outage", "after", "tail", "attempt_timeout", "client_timeout"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive")
+        if self.attempts < 1 or self.max_concurrent_creates < 1:
+            problems.append("attempts and max_concurrent_creates must be at least 1")
+        if self.client_retries < 0 or self.reply_delay < 0 or self.auto_delete < 0:
+            problems.append("client_retries, reply_delay and auto_delete must not be negative")
+        if not 0 <= self.prefill <= self.channel_limit:
+            problems.append("prefill must be between 0 and channel_limit")
+        if not 0 < self.high_watermark <= 1:
+            problems.append("high_watermark must be in (0, 1]")
+        if self.sample_interval <= 0:
+            problems.append("sample_interval must be positive")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def recovery_at(self) -> float:
+        return self.healthy + self.outage
+
+    @property
+    def load_until(self) -> float:
+        return self.healthy + self.outage + self.after
+
+    @property
+    def create_latency(self) -> float:
+        """How long Discord takes to create a channel during the outage (seconds)."""
+        return 2.5 * self.attempt_timeout
+
+    @property
+    def watermark_channels(self) -> int:
+        return math.ceil(self.high_watermark * self.channel_limit)
+
+
+def prefill_settings(**overrides: Any) -> ScenarioSettings:
+    """The second scenario: leaks already fill 95% of the guild before the outage."""
+    # A longer tail: the reconciler paces its deletes to spare CDP's rate limits, and
+    # 475 old leaks take it about a minute.
+    base: dict[str, Any] = {
+        "scenario": "prefill",
+        "prefill": 475,
+        "channel_limit": 500,
+        "tail": 60.0,
+    }
+    base.update(overrides)
+    return ScenarioSettings(**base)
+
+
+def outage_faults(settings: ScenarioSettings) -> dict[str, Any]:
+    """The body of `PUT /_sim/faults` that starts the outage."""
+    latency = settings.create_latency * 1000
+    jitter = settings.attempt_timeout * 400
+    kind = settings.outage_kind
+    if kind == "slow":
+        return {
+            "rest": {
+                "latency_ms": latency,
+                "jitter_ms": jitter,
+                "routes": [CREATE_ROUTE, "GET /gateway/bot"],
+            },
+            "gateway": {"hello_delay_ms": 3000},
+        }
+    if kind == "refuse":
+        return {
+            "rest": {"latency_ms": latency, "jitter_ms": jitter, "routes": [CREATE_ROUTE]},
+            "gateway": {"refuse": True},
+        }
+    return {
+        "rest": {
+            "latency_ms": latency,
+            "jitter_ms": jitter,
+            "error_rate": 0.4,
+            "error_status": 500,
+            "routes": [CREATE_ROUTE, "GET /gateway/bot"],
+        },
+        "gateway": {"close_code": 4000},
+    }
+
+
+def daemon_config_dict(
+    settings: ScenarioSettings,
+    sim: DiscordSimulator,
+    cdp: CdpEmulator,
+    *,
+    state_dir: Path,
+    cdp_log: Path,
+) -> dict[str, Any]:
+    """The daemon's config with time compressed as much as CDP's timeouts are."""
+    return {
+        "discord": {
+            "token": sim.settings.token,
+            "guild_id": str(sim.settings.guild_id),
+            "api_base": sim.api_base,
+            "gateway_url": sim.gateway_url,
+            "request_timeout": "2s",
+            "max_retries": 1,
+            # CDP shares the bot's 50 requests/s: leave it most of them.
+            "global_rate": 20,
+            "channel_limit": settings.channel_limit,
+        },
+        "probes": {
+            "gateway": {"interval": "250ms", "timeout": "1s", "slow": "800ms"},
+            # GET /gateway/bot is limited to 5 per 5 s: probe it well inside that.
+            "rest": {"interval": "1500ms", "timeout": "1s", "slow": "800ms"},
+            "cdp": {"enabled": True, "interval": "1s", "timeout": "1s"},
+        },
+        "signals": {"cdp_log": {"enabled": True, "file": str(cdp_log)}, "gate": True},
+        "health": {"window": "2500ms", "min_samples": 3, "evaluate_interval": "250ms"},
+        "breaker": {"reset_timeout": "2s", "success_threshold": 2, "max_reset_timeout": "4s"},
+        "gate": _gate_section(settings, cdp),
+        "reconcile": _reconcile_section(settings),
+        "control": {"listen": "127.0.0.1:0", "token": secrets.token_hex(16)},
+        "state_dir": str(state_dir),
+    }
+
+
+def _gate_section(settings: ScenarioSettings, cdp: CdpEmulator) -> dict[str, Any]:
+    return {
+        "enabled": True,
+        "listen": "127.0.0.1:0",
+        "upstream": cdp.base_url,
+        "max_concurrent_creates": settings.max_concurrent_creates,
+        "create_rate": settings.create_rate,
+        "when_open": settings.when_open,
+        "hold_max": f"{settings.hold_max}s",
+        # Short: a request queued behind the cap must not slip in after the breaker
+        # opened; it is refused with Retry-After instead.
+        "queue_wait": "1s",
+        "upstream_timeout": "60s",
+    }
+
+
+def _reconcile_section(settings: ScenarioSettings) -> dict[str, Any]:
+    return {
+        "enabled": True,
+        "interval": "2s",
+        "min_age": "3s",
+        "emergency_min_age": "2s",
+        "settle_delay": "500ms",
+        "cdp_auto_delete": f"{settings.auto_delete}s",
+        "ledger_grace": "2s",
+        "high_watermark": settings.high_watermark,
+        "max_deletes_per_run": 100,
+        "census_interval": "2s",
+        "list_spacing": "1s",
+    }
