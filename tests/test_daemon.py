@@ -18,7 +18,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from monitor.clock import SYSTEM_CLOCK
-from monitor.daemon import Supervisor
+from monitor.supervise import Supervisor
 from monitor.metrics import Metrics
 from monitor.sim.discord import DiscordSimulator, SimSettings
 from tests.daemon_util import fast_config, fast_config_dict, running_daemon, wait_for

@@ -360,7 +360,6 @@ async def test_gate_fails_open_when_health_evaluation_stops(
     # The evaluation loop dies and stays down: the gate must not keep CDP closed.
     daemon.supervisor._base = 60.0
     await daemon.supervisor.stop(timeout=1)
-    daemon.supervisor.loops["evaluate"].up = False
     completion = await client(daemon).chat.completions.create(model="coze", messages=MESSAGES)
     assert completion.choices[0].message.content
     assert daemon.gate is not None and daemon.gate.status()["fail_open"] is True
@@ -469,5 +468,5 @@ async def test_large_and_chunked_bodies_arrive_whole_and_cdp_down_is_not_discord
                 f"{daemon.gate_url}/v1/chat/completions", json={"messages": []}
             ) as resp:
                 assert resp.status == 502
-        assert [s for s in daemon.window if s.source == "gate"] == []
+        assert [s for s in daemon.health.window if s.source == "gate"] == []
         assert daemon.breaker.state == "closed"
