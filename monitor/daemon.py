@@ -77,7 +77,7 @@ class Daemon:
         self.metrics = Metrics(registry, process_metrics=process_metrics)
         self.state_dir = StateDir(config.state_dir, logger=logger)
         self.ledger = RequestLedger(state_dir=self.state_dir, clock=clock, logger=logger)
-        self.health, self._effects = new_health(
+        self.health, self.effects = new_health(
             config,
             metrics=self.metrics,
             clock=clock,
@@ -224,7 +224,7 @@ class Daemon:
             logger=self.log,
         )
         self._actions = ActionRunner(session=self._session, metrics=self.metrics, logger=self.log)
-        self._effects.runner = self._actions
+        self.effects.runner = self._actions
         self._probe_ctx = probe_context(
             self.config, session=self._session, rest=self._rest, clock=self.clock, logger=self.log
         )
@@ -324,7 +324,7 @@ class Daemon:
         old = self.config
         set_secrets(config_secrets(new))
         self.health.reconfigure(new)
-        self._effects.actions = new.actions
+        self.effects.actions = new.actions
         if new.discord != old.discord and self._session is not None:
             self._rest = new_rest(
                 new,
