@@ -28,7 +28,14 @@ from monitor.errors import ConfigError
 from monitor.gate import Gate, new_upstream_session
 from monitor.health.breaker import HealthBreaker
 from monitor.health.cdplog import CdpLogEvent, CdpLogSignal
-from monitor.health.probes import ProbeContext, ProbeResult, enabled_probes, record_probe, run_probe
+from monitor.health.probes import (
+    ProbeContext,
+    ProbeResult,
+    enabled_probes,
+    probe_interval,
+    record_probe,
+    run_probe,
+)
 from monitor.health.window import Verdict
 from monitor.ledger import RequestLedger
 from monitor.logs import set_secrets, setup_logging
@@ -129,8 +136,7 @@ class Daemon:
             if all(n in self.probe_results for n in enabled_probes(self.config)):
                 self._ready.set()
             # The context holds the live config: a reload changes the interval here.
-            interval: float = getattr(ctx.config.probes, name).interval
-            await self.clock.sleep(interval)
+            await self.clock.sleep(probe_interval(ctx.config, name))
 
     def evaluate_once(self) -> Verdict:
         return self.health.evaluate(self.clock.time())
