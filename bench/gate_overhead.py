@@ -123,23 +123,23 @@ async def serve_gate(upstream: str) -> None:
     from monitor.clock import SYSTEM_CLOCK
     from monitor.config import parse_config
     from monitor.gate import Gate, new_upstream_session
-    from monitor.health.breaker import BreakerSettings, HealthBreaker
+    from monitor.health.owner import Health
     from monitor.metrics import Metrics
 
     config = parse_config(
         "discord: {token: sim-token, guild_id: '1100000000000000001'}\n"
         f"gate: {{listen: '127.0.0.1:0', upstream: '{upstream}'}}\n"
     )
-    breaker = HealthBreaker(BreakerSettings())
+    health = Health.from_config(config, clock=SYSTEM_CLOCK)  # never evaluated: closed
     session = new_upstream_session()
     gate = Gate(
         config.gate,
-        breaker=lambda: breaker,
+        health=health,
         metrics=Metrics(CollectorRegistry()),
         clock=SYSTEM_CLOCK,
         logger=logging.getLogger("bench.gate"),
         session=session,
-        health_ok=lambda: True,
+        samples=False,  # as measured before: the proxy path, not the window's appends
     )
     runner = web.AppRunner(gate.app(), access_log=None, handle_signals=False)
     await runner.setup()

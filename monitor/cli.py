@@ -194,35 +194,21 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 async def _probe_once(path: Path) -> int:
-    import logging
-
     import aiohttp
-    from prometheus_client import CollectorRegistry
 
     from monitor import USER_AGENT
     from monitor.config import load_config
-    from monitor.discord.rest import DiscordRestClient
-    from monitor.health.probes import ProbeContext, enabled_probes, run_probe
-    from monitor.metrics import Metrics
+    from monitor.wiring import probe_once
 
     config = load_config(path)
-    log = logging.getLogger("cdp-monitor")
-    failed = 0
     async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
-        rest = DiscordRestClient.from_config(
-            config.discord, session=session, metrics=Metrics(CollectorRegistry()), max_retries=0
-        )
-        ctx = ProbeContext(
-            config=config, session=session, rest=rest, clock=SYSTEM_CLOCK, logger=log
-        )
-        for name in enabled_probes(config):
-            result = await run_probe(name, ctx)
-            failed += not result.ok
-            mark = "ok  " if result.ok else "FAIL"
-            print(f"{mark} {name:<11} {result.duration * 1000:8.1f} ms  {result.detail}")
-            for key, value in result.data.items():
-                print(f"     {'':<11} {key}: {value}")
-    return EXIT_OK if failed == 0 else EXIT_FAILURE
+        results = await probe_once(config, session=session, clock=SYSTEM_CLOCK)
+    for result in results:
+        mark = "ok  " if result.ok else "FAIL"
+        print(f"{mark} {result.probe:<11} {result.duration * 1000:8.1f} ms  {result.detail}")
+        for key, value in result.data.items():
+            print(f"     {'':<11} {key}: {value}")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
 
 
 # -- control API client commands ----------------------------------------------------------
@@ -231,6 +217,7 @@ async def _probe_once(path: Path) -> int:
 def _control_client(args: argparse.Namespace) -> Any:
     from monitor.config import load_config
     from monitor.control import ControlClient
+    from monitor.units import url_for
 
     url, token = args.url, args.token
     if url is None or token is None:
@@ -238,10 +225,7 @@ def _control_client(args: argparse.Namespace) -> Any:
         if url is None or path.exists():
             config = load_config(path)
             if url is None:
-                host, port = config.control.listen_address
-                if host in ("0.0.0.0", "::", ""):
-                    host = "127.0.0.1"
-                url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+                url = url_for(*config.control.listen_address)
             if token is None and config.control.token is not None:
                 token = config.control.token.get_secret_value()
     return ControlClient(url, token=token)
@@ -285,7 +269,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_pause(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {}
     if args.duration:
-        from monitor.config import parse_duration
+        from monitor.units import parse_duration
 
         try:
             parse_duration(args.duration)
@@ -312,7 +296,8 @@ async def _reconcile_once(path: Path, dry_run: bool) -> int:
 
     from monitor import USER_AGENT
     from monitor.config import load_config
-    from monitor.reconcile import format_report, reconcile_once
+    from monitor.reconcile import format_report
+    from monitor.wiring import reconcile_once
 
     config = load_config(path)
     async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:

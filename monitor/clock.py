@@ -52,4 +52,28 @@ class FakeClock:
         await asyncio.sleep(0)
 
 
+class ManualClock(FakeClock):
+    """Manually advanced clock whose `sleep` waits until `advance` reaches its end; it
+    records each sleep, so a test sees every wait the code under test made."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        super().__init__(start)
+        self.sleeps: list[float] = []
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        done = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.monotonic() + max(0.0, seconds), done))
+        await done
+
+    def advance(self, seconds: float) -> None:
+        super().advance(seconds)
+        due = [(end, done) for end, done in self._sleepers if end <= self.monotonic()]
+        for end, done in due:
+            self._sleepers.remove((end, done))
+            if not done.done():
+                done.set_result(None)
+
+
 SYSTEM_CLOCK = SystemClock()

@@ -14,10 +14,11 @@ from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from monitor.config import parse_duration
 from monitor.errors import ControlAPIError, MonitorError
+from monitor.units import parse_duration
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -81,10 +82,8 @@ async def _json_body(
     return body
 
 
-def build_control_app(
-    target: ControlTarget, *, registry: CollectorRegistry, token: str | None
-) -> web.Application:
-    """The aiohttp app of the control API."""
+def _guard(token: str | None) -> Middleware:
+    """Middleware: loopback only without a token; control errors become 400/503."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -98,42 +97,50 @@ def build_control_app(
         except Unavailable as exc:
             return _error(503, str(exc))
 
-    def authorized(request: web.Request) -> bool:
-        if token is None:
-            return True
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {token}"
-        return hmac.compare_digest(given.encode(), expected.encode())
+    return guard
 
-    def needs_token(fn: Handler) -> Handler:
-        async def wrapper(request: web.Request) -> web.StreamResponse:
-            if not authorized(request):
-                return web.json_response(
-                    {"error": "missing or wrong bearer token"},
-                    status=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            return await fn(request)
 
-        return wrapper
+def _needs_token(token: str | None, fn: Handler) -> Handler:
+    """`fn` behind the bearer token (if one is configured)."""
+    expected = f"Bearer {token}".encode()
 
-    async def healthz(request: web.Request) -> web.Response:
-        alive, detail = target.liveness()
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if token is not None and not hmac.compare_digest(given, expected):
+            return web.json_response(
+                {"error": "missing or wrong bearer token"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return await fn(request)
+
+    return wrapper
+
+
+class _Handlers:
+    """The control API's endpoints over one `ControlTarget`."""
+
+    def __init__(self, target: ControlTarget, registry: CollectorRegistry) -> None:
+        self._target = target
+        self._registry = registry
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        alive, detail = self._target.liveness()
         return web.json_response({"ok": alive, **detail}, status=200 if alive else 503)
 
-    async def readyz(request: web.Request) -> web.Response:
-        ready = target.ready()
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready = self._target.ready()
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
-    async def metrics(request: web.Request) -> web.Response:
+    async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(
-            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    async def status(request: web.Request) -> web.Response:
-        return web.json_response(target.status())
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self._target.status())
 
-    async def pause(request: web.Request) -> web.Response:
+    async def pause(self, request: web.Request) -> web.Response:
         body = await _json_body(request, {"for": str, "reason": str})
         duration = None
         if body.get("for") is not None:
@@ -143,27 +150,33 @@ def build_control_app(
                 raise BadRequest(f"for: {exc}") from None
             if duration <= 0:
                 raise BadRequest("for: must be positive")
-        await target.pause(duration, body.get("reason"))
-        return web.json_response(target.status())
+        await self._target.pause(duration, body.get("reason"))
+        return web.json_response(self._target.status())
 
-    async def resume(request: web.Request) -> web.Response:
+    async def resume(self, request: web.Request) -> web.Response:
         await _json_body(request, {})
-        await target.resume()
-        return web.json_response(target.status())
+        await self._target.resume()
+        return web.json_response(self._target.status())
 
-    async def reconcile(request: web.Request) -> web.Response:
+    async def reconcile(self, request: web.Request) -> web.Response:
         body = await _json_body(request, {"dry_run": bool})
-        report = await target.reconcile(bool(body.get("dry_run", False)))
+        report = await self._target.reconcile(bool(body.get("dry_run", False)))
         return web.json_response(report)
 
-    app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/status", needs_token(status))
-    app.router.add_post("/pause", needs_token(pause))
-    app.router.add_post("/resume", needs_token(resume))
-    app.router.add_post("/reconcile", needs_token(reconcile))
+
+def build_control_app(
+    target: ControlTarget, *, registry: CollectorRegistry, token: str | None
+) -> web.Application:
+    """The aiohttp app of the control API."""
+    h = _Handlers(target, registry)
+    app = web.Application(middlewares=[_guard(token)], client_max_size=64 * 1024)
+    app.router.add_get("/healthz", h.healthz)
+    app.router.add_get("/readyz", h.readyz)
+    app.router.add_get("/metrics", h.metrics)
+    app.router.add_get("/status", _needs_token(token, h.status))
+    app.router.add_post("/pause", _needs_token(token, h.pause))
+    app.router.add_post("/resume", _needs_token(token, h.resume))
+    app.router.add_post("/reconcile", _needs_token(token, h.reconcile))
     return app
 
 

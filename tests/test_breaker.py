@@ -3,21 +3,26 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from monitor.clock import FakeClock
 from monitor.config import parse_config
-from monitor.daemon import window_settings
 from monitor.errors import StateError
-from monitor.health.breaker import BreakerSettings, HealthBreaker, attach_metrics, open_duration
-from monitor.health.window import Sample, SampleWindow, WindowSettings, evaluate
+from monitor.health.breaker import BreakerSettings, HealthBreaker, open_duration
+from monitor.health.effects import TransitionEffects
+from monitor.health.owner import Health
+from monitor.health.window import Sample, SampleWindow, evaluate, window_settings
 from monitor.metrics import Metrics
 from monitor.state import StateDir
 
 T0 = 1_700_000_000.0
+# The daemon's own defaults (monitor.yaml), so the product ships what is tested here.
+DEFAULTS = parse_config("discord: {token: t0ken, guild_id: 1}")
+HEALTH = window_settings(DEFAULTS.health, DEFAULTS.probes)
 SETTINGS = BreakerSettings(
     reset_timeout=60.0,
     success_threshold=3,
@@ -60,7 +65,7 @@ def test_open_duration_survives_huge_trip_counts() -> None:
 
 
 def test_open_duration_without_backoff() -> None:
-    flat = BreakerSettings(reset_timeout=30, backoff_factor=1.0, max_reset_timeout=30)
+    flat = replace(SETTINGS, reset_timeout=30, backoff_factor=1.0, max_reset_timeout=30)
     assert [open_duration(n, flat) for n in (1, 2, 50)] == [30, 30, 30]
 
 
@@ -76,7 +81,7 @@ def test_open_duration_without_backoff() -> None:
 )
 def test_settings_validation(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        BreakerSettings(**kwargs)  # type: ignore[arg-type]
+        replace(SETTINGS, **kwargs)  # type: ignore[arg-type]
 
 
 # -- the state machine ---------------------------------------------------------------
@@ -163,13 +168,13 @@ def test_inconclusive_evaluation_does_not_close_half_open() -> None:
     b, _ = new_breaker()
     b.record(True, T0)
     b.tick(T0 + 60)
-    insufficient = evaluate([], T0 + 61, WindowSettings())
+    insufficient = evaluate([], T0 + 61, HEALTH)
     for t in range(61, 80):
         assert b.record_verdict(insufficient, T0 + t) == "half_open"
     assert b.snapshot()["half_open"]["successes"] == 0
     healthy = [Sample("gateway", T0 + 80 - i, True, 0.1) for i in range(6)]
     for t in (81, 82, 83):
-        b.record_verdict(evaluate(healthy, T0 + t, WindowSettings()), T0 + t)
+        b.record_verdict(evaluate(healthy, T0 + t, HEALTH), T0 + t)
     assert b.state == "closed"
 
 
@@ -228,7 +233,7 @@ def test_raising_listener_does_not_break_the_breaker(caplog: pytest.LogCaptureFi
 def test_reconfigure_changes_thresholds() -> None:
     b, _ = new_breaker()
     b.record(True, T0)
-    b.reconfigure(BreakerSettings(reset_timeout=10, success_threshold=1, max_reset_timeout=10))
+    b.reconfigure(replace(SETTINGS, reset_timeout=10, success_threshold=1, max_reset_timeout=10))
     assert b.retry_at == T0 + 10
     b.tick(T0 + 10)
     assert b.record(False, T0 + 11) == "closed"
@@ -236,8 +241,6 @@ def test_reconfigure_changes_thresholds() -> None:
 
 # -- a noisy but healthy Discord, and a real outage, simulated -----------------------
 
-# The daemon's own defaults (monitor.yaml), so the product ships what is tested here.
-HEALTH = window_settings(parse_config("discord: {token: t0ken, guild_id: 1}"))
 GATEWAY_EVERY, REST_EVERY, EVALUATE_EVERY = 15.0, 30.0, 5.0
 
 
@@ -453,11 +456,23 @@ def test_persistence_failure_is_logged_not_raised(
 # -- metrics wiring ------------------------------------------------------------------
 
 
-def test_attach_metrics_mirrors_state() -> None:
+def _metrics_of(health: Health) -> CollectorRegistry:
+    """A registry the transition effects of `health` write to."""
     registry = CollectorRegistry()
-    metrics = Metrics(registry)
-    b, _ = new_breaker()
-    attach_metrics(b, metrics)
+    effects = TransitionEffects(
+        metrics=Metrics(registry),
+        logger=logging.getLogger("test"),
+        environ={},
+        actions=DEFAULTS.actions,
+    )
+    effects.attach(health)
+    return registry
+
+
+def test_transition_effects_mirror_state() -> None:
+    health = Health.from_config(DEFAULTS, clock=FakeClock(T0))
+    registry = _metrics_of(health)
+    b = health.breaker
 
     def value(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, labels)
@@ -476,10 +491,9 @@ def test_attach_metrics_mirrors_state() -> None:
     assert value("cdpmon_breaker_transitions_total", to="closed") == 1
 
 
-def test_attach_metrics_reflects_restored_pause(tmp_path: Path) -> None:
+def test_transition_effects_reflect_restored_pause(tmp_path: Path) -> None:
     sd = StateDir(tmp_path)
     HealthBreaker(SETTINGS, state_dir=sd, now=T0).pause(T0, reason="x")
-    registry = CollectorRegistry()
-    attach_metrics(HealthBreaker(SETTINGS, state_dir=sd, now=T0 + 1), Metrics(registry))
+    registry = _metrics_of(Health.from_config(DEFAULTS, clock=FakeClock(T0 + 1), state_dir=sd))
     assert registry.get_sample_value("cdpmon_paused") == 1
     assert registry.get_sample_value("cdpmon_breaker_state", {"state": "forced_open"}) == 1

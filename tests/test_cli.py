@@ -104,3 +104,21 @@ def test_tracebacks_are_redacted_too() -> None:
     text = json_log(crash)
     assert "RuntimeError: refused token ***" in json.loads(text)["exception"]
     assert "s3cret" not in text
+
+
+async def test_probe_and_reconcile_commands_build_from_the_config(
+    discord_sim: DiscordSimulator, tmp_path: Path
+) -> None:
+    """`probe` and `reconcile` run through monitor.wiring, against the simulator."""
+    data = fast_config_dict(discord_sim, tmp_path / "state")
+    path = tmp_path / "monitor.yaml"
+    path.write_text(yaml.safe_dump(data))
+    rc, out, err = await cli("probe", "-c", str(path))
+    assert rc == 0, err
+    assert [line.split()[:2] for line in out.splitlines() if not line.startswith(" ")] == [
+        ["ok", "gateway"],
+        ["ok", "rest"],
+    ]
+    rc, out, err = await cli("reconcile", "--dry-run", "-c", str(path))
+    assert rc == 0, err
+    assert "dry" in out.lower()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,15 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from prometheus_client import CollectorRegistry
 
+from monitor.clock import ManualClock
+from monitor.config import parse_config
 from monitor.daemon import Daemon
 from monitor.gate import is_create_request
+from monitor.gate.admission import CreateAdmission
+from monitor.health.owner import Health
+from monitor.metrics import Metrics
 from monitor.sim.cdp import CdpEmulator, CdpSettings
 from monitor.sim.discord import DiscordSimulator
 from tests.daemon_util import fast_config, running_daemon, wait_for
@@ -360,7 +367,6 @@ async def test_gate_fails_open_when_health_evaluation_stops(
     # The evaluation loop dies and stays down: the gate must not keep CDP closed.
     daemon.supervisor._base = 60.0
     await daemon.supervisor.stop(timeout=1)
-    daemon.supervisor.loops["evaluate"].up = False
     completion = await client(daemon).chat.completions.create(model="coze", messages=MESSAGES)
     assert completion.choices[0].message.content
     assert daemon.gate is not None and daemon.gate.status()["fail_open"] is True
@@ -469,5 +475,67 @@ async def test_large_and_chunked_bodies_arrive_whole_and_cdp_down_is_not_discord
                 f"{daemon.gate_url}/v1/chat/completions", json={"messages": []}
             ) as resp:
                 assert resp.status == 502
-        assert [s for s in daemon.window if s.source == "gate"] == []
+        assert [s for s in daemon.health.window if s.source == "gate"] == []
         assert daemon.breaker.state == "closed"
+
+
+# -- hold mode, on an injected clock -------------------------------------------------
+
+
+def hold_admission(clock: ManualClock, hold_max: str) -> tuple[Health, CreateAdmission]:
+    config = parse_config(
+        "discord: {token: t0ken, guild_id: 1}\n"
+        f"gate: {{when_open: hold, hold_max: {hold_max}}}\n"
+        "breaker: {reset_timeout: 60s}\n"
+    )
+    health = Health.from_config(config, clock=clock)
+    admission = CreateAdmission(
+        config.gate,
+        health=health,
+        metrics=Metrics(CollectorRegistry()),
+        clock=clock,
+        logger=logging.getLogger("test.gate"),
+    )
+    return health, admission
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_hold_admits_on_a_state_change_without_polling() -> None:
+    clock = ManualClock()
+    health, admission = hold_admission(clock, "30s")
+    health.pause(clock.time(), None, "operator")
+    held = asyncio.create_task(admission.admit())
+    await settle()
+    assert not held.done()
+    assert clock.sleeps == [30.0]  # one wait for the whole hold, not a poll
+    health.resume(clock.time())  # the breaker closes: the held request goes ahead
+    assert await held is None
+    assert clock.sleeps == [30.0] and clock.monotonic() == 0.0
+
+
+async def test_hold_wakes_when_the_open_period_ends() -> None:
+    clock = ManualClock()
+    health, admission = hold_admission(clock, "2m")
+    health.breaker.record(True, clock.time(), reason="outage")
+    held = asyncio.create_task(admission.admit())
+    await settle()
+    assert clock.sleeps == [60.0]  # until retry_at, not until hold_max
+    clock.advance(60)
+    assert await held is None
+    assert health.breaker.state == "half_open"  # admitted as the period's trial
+
+
+async def test_hold_refuses_after_hold_max() -> None:
+    clock = ManualClock()
+    health, admission = hold_admission(clock, "10s")
+    health.pause(clock.time(), None, "operator")
+    held = asyncio.create_task(admission.admit())
+    await settle()
+    clock.advance(10)
+    refusal = await held
+    assert refusal is not None and refusal.decision == "refused_paused"
+    assert "operator" in refusal.message

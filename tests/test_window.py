@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,6 +20,7 @@ NOW = 1_700_000_000.0
 SETTINGS = WindowSettings(
     window=120.0,
     min_samples=5,
+    source_min_samples=6,
     failure_ratio=0.5,
     slow_ratio=0.5,
     slow_thresholds={"gateway": 1.0, "rest": 2.0},
@@ -107,7 +110,7 @@ def test_slow_ratio_trips() -> None:
 
 
 def test_slow_failure_counts_as_both() -> None:
-    v = evaluate([fail("gateway", 1, 10.0)], NOW, WindowSettings(min_samples=1))
+    v = evaluate([fail("gateway", 1, 10.0)], NOW, replace(SETTINGS, min_samples=1))
     assert (v.failures, v.slow) == (1, 1)
 
 
@@ -154,12 +157,12 @@ def test_unknown_source_rejected() -> None:
 )
 def test_settings_validation(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        WindowSettings(**kwargs)  # type: ignore[arg-type]
+        replace(SETTINGS, **kwargs)  # type: ignore[arg-type]
 
 
 def test_settings_freeze_thresholds() -> None:
     thresholds = {"gateway": 1.0}
-    s = WindowSettings(slow_thresholds=thresholds)
+    s = replace(SETTINGS, slow_thresholds=thresholds)
     thresholds["gateway"] = 99.0
     assert s.slow_thresholds["gateway"] == 1.0
     with pytest.raises(TypeError):
@@ -167,7 +170,7 @@ def test_settings_freeze_thresholds() -> None:
 
 
 def test_verdict_as_dict_is_json_ready() -> None:
-    v = evaluate([fail("gateway", 1), ok("rest", 2)], NOW, WindowSettings(min_samples=2))
+    v = evaluate([fail("gateway", 1), ok("rest", 2)], NOW, replace(SETTINGS, min_samples=2))
     d = v.as_dict()
     assert d["failure_ratio"] == 0.5 and d["sample_count"] == 2
     assert d["by_source"] == {
@@ -237,7 +240,7 @@ def test_evaluate_invariants(samples: list[Sample]) -> None:
 
 
 def test_one_failing_source_is_judged_on_its_own() -> None:
-    settings = WindowSettings(window=120, min_samples=3, failure_ratio=0.3, source_min_samples=6)
+    settings = replace(SETTINGS, min_samples=3, failure_ratio=0.3)
     now = 1000.0
     # 8 gateway probes, 3 refused; 12 healthy REST samples dilute them to 3/20 overall.
     samples = [Sample("gateway", now - 100 + i * 12, i < 5, 0.1) for i in range(8)]
@@ -249,7 +252,7 @@ def test_one_failing_source_is_judged_on_its_own() -> None:
 
 
 def test_a_source_with_few_samples_is_not_judged_alone() -> None:
-    settings = WindowSettings(window=120, min_samples=3, failure_ratio=0.3, source_min_samples=6)
+    settings = replace(SETTINGS, min_samples=3, failure_ratio=0.3)
     now = 1000.0
     # One REST timeout in 4 REST probes is noise; overall it is 1 in 12.
     samples = [Sample("rest", now - 100 + i * 30, i != 0, 0.1) for i in range(4)]

@@ -21,113 +21,33 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import pybreaker
 
 from monitor.errors import StateError
+from monitor.health.machine import (
+    FROM_PYBREAKER,
+    STATE_CLOSED,
+    STATE_FORCED_OPEN,
+    STATE_HALF_OPEN,
+    STATE_OPEN,
+    TO_PYBREAKER,
+    BreakerSettings,
+    InjectedTimeStorage,
+    Relay,
+    Unstable,
+    breaker_settings,
+    healthy,
+    open_duration,
+)
+from monitor.health.machine import unstable as unstable_fn
 from monitor.health.window import Verdict
-from monitor.metrics import Metrics
 from monitor.state import BreakerRecord, PauseRecord, StateDir
 from monitor.units import format_duration
-from monitor.vocab import BREAKER_STATES
-
-STATE_CLOSED = "closed"
-STATE_OPEN = "open"
-STATE_HALF_OPEN = "half_open"
-STATE_FORCED_OPEN = "forced_open"
-
-_FROM_PYBREAKER = {
-    pybreaker.STATE_CLOSED: STATE_CLOSED,
-    pybreaker.STATE_OPEN: STATE_OPEN,
-    pybreaker.STATE_HALF_OPEN: STATE_HALF_OPEN,
-}
-_TO_PYBREAKER = {v: k for k, v in _FROM_PYBREAKER.items()}
 
 TransitionListener = Callable[[str, str, str, float], None]
 """``on_transition(old_state, new_state, reason, now)``."""
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerSettings:
-    """What the daemon builds from the `breaker` config section (durations in seconds)."""
-
-    reset_timeout: float = 60.0
-    success_threshold: int = 3
-    backoff_factor: float = 2.0
-    max_reset_timeout: float = 900.0
-    backoff_reset_after: float = 3600.0
-    # Channel-creating requests the gate may let through per half-open period.
-    half_open_max_trials: int = 1
-
-    def __post_init__(self) -> None:
-        if self.reset_timeout <= 0:
-            raise ValueError("reset_timeout must be positive")
-        if self.max_reset_timeout < self.reset_timeout:
-            raise ValueError("max_reset_timeout must be >= reset_timeout")
-        if self.backoff_factor < 1:
-            raise ValueError("backoff_factor must be >= 1")
-        if self.success_threshold < 1 or self.half_open_max_trials < 1:
-            raise ValueError("success_threshold and half_open_max_trials must be >= 1")
-        if self.backoff_reset_after < 0:
-            raise ValueError("backoff_reset_after must be >= 0")
-
-
-def open_duration(trips: int, settings: BreakerSettings) -> float:
-    """How long the breaker stays open on its `trips`-th consecutive trip (1-based)."""
-    exponent = max(trips, 1) - 1
-    try:
-        duration = settings.reset_timeout * settings.backoff_factor**exponent
-    except OverflowError:
-        duration = math.inf
-    return min(duration, settings.max_reset_timeout)
-
-
-class _Unstable(Exception):
-    """Raised inside pybreaker's call() to record an unstable evaluation as a failure."""
-
-
-def _unstable() -> None:
-    raise _Unstable
-
-
-def _healthy() -> None:
-    return None
-
-
-class _InjectedTimeStorage(pybreaker.CircuitMemoryStorage):
-    """Memory storage whose ``opened_at`` is the evaluation's ``now``, not datetime.now()."""
-
-    def __init__(self, state: str) -> None:
-        super().__init__(state)
-        self.now = 0.0  # set by HealthBreaker before every call into pybreaker
-        self.opened_ts: float | None = None
-
-    @property
-    def opened_at(self) -> datetime | None:
-        return None if self.opened_ts is None else datetime.fromtimestamp(self.opened_ts, UTC)
-
-    @opened_at.setter
-    def opened_at(self, _wall_clock: datetime) -> None:
-        # pybreaker passes datetime.now(UTC); substitute the injected time.
-        self.opened_ts = self.now
-
-
-class _Relay(pybreaker.CircuitBreakerListener):
-    """Forwards pybreaker's state changes to the HealthBreaker that owns it."""
-
-    def __init__(self, owner: HealthBreaker) -> None:
-        self._owner = owner
-
-    def state_change(
-        self,
-        cb: pybreaker.CircuitBreaker,
-        old_state: pybreaker.CircuitBreakerState | None,
-        new_state: pybreaker.CircuitBreakerState,
-    ) -> None:
-        self._owner._machine_changed(_FROM_PYBREAKER[new_state.name])
 
 
 class HealthBreaker:
@@ -158,7 +78,7 @@ class HealthBreaker:
         record = state_dir.load_breaker() if state_dir else None
         self._pause: PauseRecord | None = state_dir.load_pause() if state_dir else None
         machine = record.state if record else STATE_CLOSED
-        self._storage = _InjectedTimeStorage(_TO_PYBREAKER[machine])
+        self._storage = InjectedTimeStorage(TO_PYBREAKER[machine])
         self._storage.now = start
         self._trips = record.trips if record else 0
         self._machine_since = record.since if record else start
@@ -182,7 +102,7 @@ class HealthBreaker:
             reset_timeout=settings.reset_timeout,
             success_threshold=settings.success_threshold,
             state_storage=self._storage,
-            listeners=[_Relay(self)],
+            listeners=[Relay(self._machine_changed)],
             name="discord-health",
             throw_new_error_on_trip=False,
         )
@@ -306,8 +226,8 @@ class HealthBreaker:
             why = f"{self._settings.success_threshold} healthy evaluations in half-open"
         with self._driving(now, why):
             try:
-                self._cb.call(_unstable if unstable else _healthy)
-            except _Unstable:
+                self._cb.call(unstable_fn if unstable else healthy)
+            except Unstable:
                 pass
         return self._state
 
@@ -369,7 +289,7 @@ class HealthBreaker:
     # -- internals ------------------------------------------------------------------
 
     def _machine_state(self) -> str:
-        return _FROM_PYBREAKER[self._cb.current_state]
+        return FROM_PYBREAKER[self._cb.current_state]
 
     def _open_until(self) -> float | None:
         opened = self._storage.opened_ts
@@ -465,18 +385,14 @@ class HealthBreaker:
             self._log.error("cannot persist breaker state: %s", e)
 
 
-def attach_metrics(breaker: HealthBreaker, metrics: Metrics) -> TransitionListener:
-    """Mirror the breaker into `cdpmon_breaker_state`, `..._transitions_total` and
-    `cdpmon_paused`; returns the listener it added."""
-    for s in BREAKER_STATES:
-        metrics.breaker_transitions.labels(to=s)  # export zeros so rate() works at once
-
-    def on_transition(old: str, new: str, reason: str, now: float) -> None:
-        metrics.set_breaker_state(new)
-        metrics.breaker_transitions.labels(to=new).inc()
-        metrics.paused.set(1 if new == STATE_FORCED_OPEN else 0)
-
-    metrics.set_breaker_state(breaker.state)
-    metrics.paused.set(1 if breaker.state == STATE_FORCED_OPEN else 0)
-    breaker.listeners.append(on_transition)
-    return on_transition
+__all__ = [
+    "STATE_CLOSED",
+    "STATE_FORCED_OPEN",
+    "STATE_HALF_OPEN",
+    "STATE_OPEN",
+    "BreakerSettings",
+    "HealthBreaker",
+    "TransitionListener",
+    "breaker_settings",
+    "open_duration",
+]

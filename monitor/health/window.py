@@ -21,9 +21,13 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from monitor.units import format_duration
 from monitor.vocab import DISCORD_SOURCES, SOURCES
+
+if TYPE_CHECKING:
+    from monitor.config import HealthConfig, ProbesConfig
 
 _STATUSPAGE_OK = frozenset({"operational"})
 
@@ -49,20 +53,18 @@ class Sample:
 
 @dataclass(frozen=True, slots=True)
 class WindowSettings:
-    """What the daemon builds from the `health` config section."""
+    """The evaluation's parameters; built from the config by :func:`window_settings`."""
 
-    window: float = 120.0
-    min_samples: int = 5
+    window: float
+    min_samples: int
     # A single source is judged on its own only with this many samples in the window:
     # 1 failure in 3 REST probes is noise, 3 in 8 gateway probes is an outage.
-    source_min_samples: int = 6
-    failure_ratio: float = 0.3
-    slow_ratio: float = 0.5
+    source_min_samples: int
+    failure_ratio: float
+    slow_ratio: float
     # Per source: a sample whose duration exceeds this is slow. Sources absent here
     # are never slow.
-    slow_thresholds: Mapping[str, float] = field(
-        default_factory=lambda: MappingProxyType({"gateway": 5.0, "rest": 2.0})
-    )
+    slow_thresholds: Mapping[str, float]
 
     def __post_init__(self) -> None:
         if self.window <= 0:
@@ -74,6 +76,18 @@ class WindowSettings:
                 raise ValueError(f"{name} must be in (0, 1]")
         # Freeze a caller's dict so the settings really are immutable.
         object.__setattr__(self, "slow_thresholds", MappingProxyType(dict(self.slow_thresholds)))
+
+
+def window_settings(health: HealthConfig, probes: ProbesConfig) -> WindowSettings:
+    """The one way from the config (`health` and the probes' `slow`) to the settings."""
+    return WindowSettings(
+        window=health.window,
+        min_samples=health.min_samples,
+        source_min_samples=health.source_min_samples,
+        failure_ratio=health.failure_ratio,
+        slow_ratio=health.slow_ratio,
+        slow_thresholds={"gateway": probes.gateway.slow, "rest": probes.rest.slow},
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +134,44 @@ def _is_slow(sample: Sample, thresholds: Mapping[str, float]) -> bool:
     return limit is not None and sample.duration is not None and sample.duration > limit
 
 
+def _count(
+    samples: Iterable[Sample], now: float, settings: WindowSettings
+) -> tuple[int, int, int, dict[str, SourceStats]]:
+    """Totals (samples, failures, slow) and per-source stats in ``[now - window, now]``."""
+    start = now - settings.window
+    counts: dict[str, list[int]] = {}
+    for s in samples:
+        # Samples after `now` are excluded so an evaluation at a past `now` is a replay.
+        if s.source not in DISCORD_SOURCES or not start <= s.at <= now:
+            continue
+        c = counts.setdefault(s.source, [0, 0, 0])
+        c[0] += 1
+        c[1] += not s.ok
+        c[2] += _is_slow(s, settings.slow_thresholds)
+    by_source = {name: SourceStats(*c) for name, c in counts.items()}
+    totals = [sum(c[i] for c in counts.values()) for i in range(3)]
+    return totals[0], totals[1], totals[2], by_source
+
+
+def _source_verdict(
+    by_source: Mapping[str, SourceStats], settings: WindowSettings, span: str
+) -> tuple[str, float, float] | None:
+    """The first source with enough samples that is unstable on its own:
+    (reason, failure ratio, slow ratio); None if none is."""
+    for name, st in sorted(by_source.items()):
+        if st.total < max(settings.min_samples, settings.source_min_samples):
+            continue
+        s_fr, s_sr = st.failures / st.total, st.slow / st.total
+        s_over = f"over {st.total} {name} samples in {span}"
+        if s_fr >= settings.failure_ratio:
+            reason = f"{name} failure ratio {s_fr:.2f} >= {settings.failure_ratio:.2f} {s_over}"
+            return reason, s_fr, s_sr
+        if s_sr >= settings.slow_ratio:
+            reason = f"{name} slow ratio {s_sr:.2f} >= {settings.slow_ratio:.2f} {s_over}"
+            return reason, s_fr, s_sr
+    return None
+
+
 def evaluate(samples: Iterable[Sample], now: float, settings: WindowSettings) -> Verdict:
     """Judge Discord's health from the samples in ``[now - window, now]``.
 
@@ -130,33 +182,16 @@ def evaluate(samples: Iterable[Sample], now: float, settings: WindowSettings) ->
     samples (the reported ratio is then that source's); fewer samples are inconclusive
     and never unstable.
     """
-    start = now - settings.window
-    counts: dict[str, list[int]] = {}
-    total = failures = slow = 0
-    for s in samples:
-        # Samples after `now` are excluded so an evaluation at a past `now` is a replay.
-        if s.source not in DISCORD_SOURCES or not start <= s.at <= now:
-            continue
-        c = counts.setdefault(s.source, [0, 0, 0])
-        total += 1
-        c[0] += 1
-        if not s.ok:
-            failures += 1
-            c[1] += 1
-        if _is_slow(s, settings.slow_thresholds):
-            slow += 1
-            c[2] += 1
-
-    by_source = {name: SourceStats(*c) for name, c in counts.items()}
+    total, failures, slow, by_source = _count(samples, now, settings)
     span = format_duration(settings.window)
     if total < settings.min_samples:
         return Verdict(
             unstable=False,
             failure_ratio=failures / total if total else 0.0,
             slow_ratio=slow / total if total else 0.0,
-            sample_count=total,
             reason=f"insufficient samples ({total} < {settings.min_samples}) in {span}",
             conclusive=False,
+            sample_count=total,
             failures=failures,
             slow=slow,
             by_source=by_source,
@@ -173,26 +208,21 @@ def evaluate(samples: Iterable[Sample], now: float, settings: WindowSettings) ->
         reason = f"healthy: failure ratio {fr:.2f}, slow ratio {sr:.2f} {over}"
         # A source failing on its own (the gateway down while REST answers) is
         # diluted by the healthy ones overall; judge each source with enough samples too.
-        for name, st in sorted(by_source.items()):
-            if st.total < max(settings.min_samples, settings.source_min_samples):
-                continue
-            s_fr, s_sr = st.failures / st.total, st.slow / st.total
-            s_over = f"over {st.total} {name} samples in {span}"
+        alone = _source_verdict(by_source, settings, span)
+        if alone is not None:
+            reason, s_fr, s_sr = alone
+            # Report the ratio that tripped: the source's, the other stays overall.
             if s_fr >= settings.failure_ratio:
                 fr = s_fr
-                reason = f"{name} failure ratio {s_fr:.2f} >= {settings.failure_ratio:.2f} {s_over}"
-                break
-            if s_sr >= settings.slow_ratio:
+            else:
                 sr = s_sr
-                reason = f"{name} slow ratio {s_sr:.2f} >= {settings.slow_ratio:.2f} {s_over}"
-                break
     return Verdict(
         unstable=fr >= settings.failure_ratio or sr >= settings.slow_ratio,
         failure_ratio=fr,
         slow_ratio=sr,
-        sample_count=total,
         reason=reason,
         conclusive=True,
+        sample_count=total,
         failures=failures,
         slow=slow,
         by_source=by_source,

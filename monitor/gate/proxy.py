@@ -1,0 +1,208 @@
+"""Forwarding one request to CDP: header handling, buffered or streamed answers, and a
+frozen :class:`Outcome` saying what happened (the gate counts and records it)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Response bodies that say CDP's channel creation failed because of Discord.
+FAILURE_MARKERS = (b"30013", b"Maximum number of server channels", b"failed after 3 attempts")
+_FAILURE_PEEK = 64 * 1024  # bytes of an error body searched for the markers
+# A fixed-length upstream body up to this size is read whole and sent with the headers
+# in one write (a StreamResponse sends its headers on their own first); bigger or
+# chunked (SSE) bodies stream.
+_BUFFER_MAX = 64 * 1024
+_DROP_FORWARD = HOP_BY_HOP | {"host", "content-length"}
+
+
+def new_upstream_session() -> aiohttp.ClientSession:
+    """A session that changes nothing: no decompression, no cookies, no added headers."""
+    return aiohttp.ClientSession(
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
+        connector=aiohttp.TCPConnector(limit=0),
+    )
+
+
+def error_response(
+    status: int, code: str, message: str, retry_after: int | None = None
+) -> web.Response:
+    """An OpenAI-style error answer."""
+    headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
+    body = {"error": {"message": message, "type": "server_error", "code": code}}
+    if status == 413:
+        body["error"]["type"] = "invalid_request_error"
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _drop_set(base: frozenset[str], headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    connection = headers.get("Connection")
+    if not connection:
+        return base
+    return base | {token.strip().lower() for token in connection.split(",")}
+
+
+def forward_headers(headers: CIMultiDictProxy[str], remote: str | None) -> CIMultiDict[str]:
+    drop = _drop_set(_DROP_FORWARD, headers)
+    out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    if remote:
+        prior = headers.get("X-Forwarded-For")
+        out["X-Forwarded-For"] = f"{prior}, {remote}" if prior else remote
+    return out
+
+
+def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    drop = _drop_set(HOP_BY_HOP, headers)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What forwarding one request came to.
+
+    `decision` is the gate metric's label; `ok` is the health sample for a create (None:
+    no sample, the trouble was CDP's or the client's, not Discord's); `finished` says CDP
+    is known to be done with the request (so its ledger entry may close)."""
+
+    response: web.StreamResponse
+    decision: str
+    ok: bool | None
+    finished: bool = False
+    request_id: str | None = None
+
+
+def _timed_out() -> web.Response:
+    return error_response(504, "upstream_timeout", "CDP (the upstream) did not answer in time")
+
+
+class Proxy:
+    """Forwards requests to `upstream` over `session`."""
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        session: aiohttp.ClientSession,
+        timeout: aiohttp.ClientTimeout,
+        logger: logging.Logger,
+    ) -> None:
+        self.upstream = upstream
+        self._base = upstream.rstrip("/")
+        self._session = session
+        self._timeout = timeout
+        self._log = logger
+
+    async def forward(
+        self,
+        request: web.Request,
+        body: bytes,
+        *,
+        create: bool,
+        on_request_id: Callable[[str], None] | None = None,
+    ) -> Outcome:
+        """Forward `request`; `on_request_id` hears CDP's X-Request-Id as soon as the
+        answer's headers arrive (before its body)."""
+        try:
+            upstream = await self._session.request(
+                request.method,
+                self._base + request.rel_url.raw_path_qs,
+                headers=forward_headers(request.headers, request.remote),
+                data=body if body else None,
+                allow_redirects=False,
+                timeout=self._timeout,
+            )
+        except aiohttp.ClientError as exc:
+            # CDP down or resetting is CDP's trouble, not Discord's: no health sample.
+            return self._unavailable(exc)
+        except TimeoutError:
+            return Outcome(_timed_out(), "upstream_timeout", ok=False)
+        async with upstream:
+            request_id = upstream.headers.get("X-Request-Id")
+            if request_id and on_request_id is not None:
+                on_request_id(request_id)
+            length = upstream.content_length
+            if length is not None and length <= _BUFFER_MAX:
+                return await self._buffered(upstream, create, request_id)
+            return await self._streamed(request, upstream, create, request_id)
+
+    def _unavailable(self, exc: Exception) -> Outcome:
+        self._log.warning("gate: upstream %s unreachable: %s", self.upstream, exc)
+        response = error_response(502, "upstream_unavailable", "CDP (the upstream) is unreachable")
+        return Outcome(response, "upstream_unavailable", ok=None)
+
+    async def _buffered(
+        self, upstream: aiohttp.ClientResponse, create: bool, request_id: str | None
+    ) -> Outcome:
+        try:
+            data = await upstream.read()
+        except TimeoutError:
+            return Outcome(_timed_out(), "upstream_timeout", ok=False, request_id=request_id)
+        except aiohttp.ClientError as exc:
+            return self._unavailable(exc)
+        failure_seen = create and upstream.status >= 400 and any(m in data for m in FAILURE_MARKERS)
+        response = web.Response(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=response_headers(upstream.headers),
+            body=data,
+        )
+        ok = upstream.status < 500 and not failure_seen
+        return Outcome(response, "forwarded", ok=ok, finished=True, request_id=request_id)
+
+    async def _streamed(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        create: bool,
+        request_id: str | None,
+    ) -> Outcome:
+        response = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=response_headers(upstream.headers),
+        )
+        await response.prepare(request)
+        failure_seen = False
+        peeked = 0
+        try:
+            async for chunk in upstream.content.iter_any():
+                if create and upstream.status >= 400 and peeked < _FAILURE_PEEK:
+                    peeked += len(chunk)
+                    failure_seen = failure_seen or any(m in chunk for m in FAILURE_MARKERS)
+                await response.write(chunk)
+            await response.write_eof()
+        except TimeoutError:
+            # CDP went quiet mid-answer: a failure, but CDP may still be using the
+            # channel, so the ledger keeps the request open (its channel protected).
+            return Outcome(response, "upstream_timeout", ok=False, request_id=request_id)
+        except ConnectionResetError:
+            # The client went away mid-stream: not Discord's fault, no sample; CDP
+            # finishes the request on its own.
+            return Outcome(response, "client_disconnected", ok=None, request_id=request_id)
+        except aiohttp.ClientError as exc:
+            # CDP broke off mid-answer (crash, reset): headers are gone, so just count
+            # it; not Discord's fault.
+            self._log.warning("gate: upstream broke off mid-answer: %s", exc)
+            return Outcome(response, "upstream_unavailable", ok=None, request_id=request_id)
+        ok = upstream.status < 500 and not failure_seen
+        return Outcome(response, "forwarded", ok=ok, finished=True, request_id=request_id)

@@ -1,0 +1,204 @@
+"""Config → components: the one place that knows how the REST client, the health owner,
+the probe context, the reconciler, the gate and the control app are built from a
+`Config`. Used by the daemon and by the one-shot commands (`cli probe`, `cli reconcile`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from monitor.clock import SYSTEM_CLOCK, Clock
+from monitor.config import CdpLogConfig, Config
+from monitor.control import ControlTarget, build_control_app
+from monitor.discord.rest import DiscordRestClient
+from monitor.errors import MonitorError
+from monitor.gate import Gate
+from monitor.health.cdplog import follow_command, follow_file
+from monitor.health.effects import TransitionEffects
+from monitor.health.owner import Health
+from monitor.health.probes import ProbeContext, ProbeResult, enabled_probes, run_probe
+from monitor.httpserve import start_site
+from monitor.ledger import LedgerView, RequestLedger
+from monitor.metrics import Metrics
+from monitor.reconcile import Reconciler, ReconcileReport
+from monitor.state import StateDir
+from monitor.units import HostPort, url_for
+
+_LOG = logging.getLogger("cdp-monitor")
+_RECONCILE_LOG = logging.getLogger("monitor.reconcile")
+
+
+def config_secrets(config: Config) -> list[str]:
+    """Values that must never reach a log line."""
+    secrets = [config.discord.token.get_secret_value()]
+    if config.control.token is not None:
+        secrets.append(config.control.token.get_secret_value())
+    return secrets
+
+
+def new_rest(
+    config: Config,
+    *,
+    session: aiohttp.ClientSession,
+    metrics: Metrics,
+    clock: Clock = SYSTEM_CLOCK,
+    logger: logging.Logger = _LOG,
+    max_retries: int | None = None,
+) -> DiscordRestClient:
+    return DiscordRestClient.from_config(
+        config.discord,
+        session=session,
+        metrics=metrics,
+        clock=clock,
+        logger=logger,
+        max_retries=max_retries,
+    )
+
+
+async def serve(app: web.Application, key: str, address: HostPort) -> tuple[web.AppRunner, str]:
+    """Start `app` on `address` (config key `key`, for the error); returns the runner and
+    the URL it answers on."""
+    try:
+        runner, port = await start_site(app, address.host, address.port)
+    except OSError as exc:
+        raise MonitorError(
+            f"{key} {address.host}:{address.port}: cannot listen: {exc.strerror}"
+        ) from None
+    return runner, url_for(address.host, port)
+
+
+def cdplog_lines(
+    config: CdpLogConfig, *, clock: Clock, logger: logging.Logger
+) -> AsyncIterator[str]:
+    """The CDP log's lines, from the file or the command `signals.cdp_log` names."""
+    if config.file is not None:
+        return follow_file(config.file, clock=clock)
+    assert config.command is not None
+    return follow_command(
+        list(config.command), clock=clock, backoff_base=config.restart_backoff, logger=logger
+    )
+
+
+def new_health(
+    config: Config,
+    *,
+    metrics: Metrics,
+    clock: Clock,
+    state_dir: StateDir,
+    logger: logging.Logger,
+    environ: Mapping[str, str],
+) -> tuple[Health, TransitionEffects]:
+    """The health owner with its transition effects attached (metrics, log, sd_notify;
+    actions once the effects get a runner)."""
+    health = Health.from_config(config, clock=clock, state_dir=state_dir, logger=logger)
+    effects = TransitionEffects(
+        metrics=metrics, logger=logger, environ=environ, actions=config.actions
+    )
+    effects.attach(health)
+    return health, effects
+
+
+def probe_context(
+    config: Config,
+    *,
+    session: aiohttp.ClientSession,
+    rest: DiscordRestClient,
+    clock: Clock = SYSTEM_CLOCK,
+    logger: logging.Logger = _LOG,
+) -> ProbeContext:
+    return ProbeContext(config=config, session=session, rest=rest, clock=clock, logger=logger)
+
+
+def new_reconciler(
+    config: Config,
+    *,
+    rest: DiscordRestClient,
+    ledger: LedgerView | None,
+    state_dir: StateDir,
+    metrics: Metrics,
+    clock: Clock = SYSTEM_CLOCK,
+    logger: logging.Logger = _LOG,
+) -> Reconciler:
+    return Reconciler.from_config(
+        config,
+        rest=rest,
+        ledger=ledger,
+        state_dir=state_dir,
+        metrics=metrics,
+        clock=clock,
+        logger=logger,
+    )
+
+
+def new_gate(
+    config: Config,
+    *,
+    health: Health,
+    metrics: Metrics,
+    clock: Clock,
+    logger: logging.Logger,
+    session: aiohttp.ClientSession,
+    ledger: RequestLedger | None,
+) -> Gate:
+    return Gate(
+        config.gate,
+        health=health,
+        metrics=metrics,
+        clock=clock,
+        logger=logger,
+        session=session,
+        samples=config.signals.gate,
+        ledger=ledger,
+    )
+
+
+def control_app(
+    config: Config, target: ControlTarget, *, registry: CollectorRegistry
+) -> web.Application:
+    token = config.control.token
+    return build_control_app(
+        target,
+        registry=registry,
+        token=token.get_secret_value() if token is not None else None,
+    )
+
+
+async def probe_once(
+    config: Config, *, session: aiohttp.ClientSession, clock: Clock = SYSTEM_CLOCK
+) -> list[ProbeResult]:
+    """Every enabled probe once, without a daemon (no retries: a probe measures)."""
+    metrics = Metrics(CollectorRegistry())
+    rest = new_rest(config, session=session, metrics=metrics, clock=clock, max_retries=0)
+    ctx = probe_context(config, session=session, rest=rest, clock=clock)
+    return [await run_probe(name, ctx) for name in enabled_probes(config)]
+
+
+async def reconcile_once(
+    config: Config,
+    *,
+    dry_run: bool,
+    session: aiohttp.ClientSession,
+    clock: Clock = SYSTEM_CLOCK,
+    logger: logging.Logger = _RECONCILE_LOG,
+) -> ReconcileReport:
+    """One run straight against Discord, without a daemon. Reads the daemon's request
+    ledger (read-only) if the state directory has one; writes the audit log there."""
+    metrics = Metrics(CollectorRegistry())
+    rest = new_rest(config, session=session, metrics=metrics, clock=clock, logger=logger)
+    state_dir = StateDir(config.state_dir, logger=logger)
+    ledger = RequestLedger.load_snapshot(state_dir, now=clock.time())
+    reconciler = new_reconciler(
+        config,
+        rest=rest,
+        ledger=ledger,
+        state_dir=state_dir,
+        metrics=metrics,
+        clock=clock,
+        logger=logger,
+    )
+    return await reconciler.run(dry_run=dry_run, trigger="cli")
