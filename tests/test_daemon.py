@@ -325,7 +325,8 @@ async def test_metrics_pass_promtool_check(
 ) -> None:
     promtool = shutil.which("promtool")
     assert promtool, (
-        "promtool is missing: install Debian's `prometheus` package (`make test` does when run as root)"
+        "promtool is missing: install Debian's `prometheus` package"
+        " (`make test` does when run as root)"
     )
     config = fast_config(discord_sim, tmp_path / "state")
     async with running_daemon(config) as daemon:

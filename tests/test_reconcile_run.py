@@ -21,9 +21,10 @@ from monitor.discord.rest import DiscordRestClient
 from monitor.discord.snowflake import snowflake_time
 from monitor.ledger import LEDGER_FILE, RequestLedger
 from monitor.metrics import Metrics
-from monitor.reconcile import Reconciler, format_report, reconcile_once
+from monitor.reconcile import Reconciler, format_report
 from monitor.sim.discord import DiscordSimulator, SimSettings
 from monitor.state import StateDir
+from monitor.wiring import reconcile_once
 from tests.reconcile_util import GUILD, HOUR, MIN, NOW, cfg, ids
 
 # -- against the simulator -----------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Every reloadable key takes effect in the running daemon after `reload()` (SIGHUP): one
 case per key, each reading the value the running component uses (not `daemon.config`).
-`reconcile.census_interval` and `reconcile.list_spacing` are covered with the reconciler.
+The reconciler's behaviour under each reconcile key is in test_reconcile_reload.py.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ CASES: list[tuple[str, Any, Observe]] = [
     ("discord.request_timeout", "3s", lambda d: _rest(d)["timeout"]),
     ("discord.global_rate", 10, lambda d: _rest(d)["interval"]),
     ("discord.gateway_url", "wss://gw.example/", lambda d: _probes_discord(d).gateway_url),
-    ("discord.channel_limit", 250, lambda d: _reconciler(d)._limit),
+    ("discord.channel_limit", 250, lambda d: _reconciler(d)._guild_census.limit),
     ("discord.guild_id", "1100000000000000099", lambda d: _reconciler(d)._guild_id),
     ("actions.on_open", [{"exec": ["true"]}], lambda d: _action_runs(d).on_open),
     ("actions.on_close", [{"exec": ["true"]}], lambda d: _action_runs(d).on_close),
@@ -99,6 +99,8 @@ CASES: list[tuple[str, Any, Observe]] = [
     ("reconcile.settle_delay", "45s", lambda d: _reconciler(d).settings.settle_delay),
     ("reconcile.cdp_auto_delete", "9s", lambda d: _reconciler(d).settings.cdp_auto_delete),
     ("reconcile.ledger_grace", "4m", lambda d: _reconciler(d).settings.ledger_grace),
+    ("reconcile.census_interval", "7m", lambda d: _reconciler(d).settings.census_interval),
+    ("reconcile.list_spacing", "40s", lambda d: _reconciler(d).settings.list_spacing),
 ]
 
 

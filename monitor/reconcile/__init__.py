@@ -8,11 +8,9 @@
   listing, census and gauges), `apply` (re-check, delete, pace) and `audit` (one
   fsynced line per deletion).
 * `report`: the run's report and its text form.
-* `once`: `reconcile_once`, one run without a daemon.
 """
 
 from monitor.reconcile.census import ChannelsAPI
-from monitor.reconcile.once import reconcile_once
 from monitor.reconcile.plan import (
     REASONS,
     Action,
@@ -42,5 +40,4 @@ __all__ = [
     "next_trigger",
     "plan",
     "recheck",
-    "reconcile_once",
 ]

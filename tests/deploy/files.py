@@ -44,7 +44,8 @@ def require_tool(name: str, package: str) -> str:
     path = shutil.which(name)
     if path is None:
         pytest.fail(
-            f"{name} is missing: install Debian's `{package}` package (`make test` does when run as root)",
+            f"{name} is missing: install Debian's `{package}` package"
+            " (`make test` does when run as root)",
             pytrace=False,
         )
     return path
