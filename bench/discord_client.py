@@ -60,6 +60,8 @@ async def run_phase(
         token=sim.settings.token,
         api_base=sim.api_base,
         global_rate=args.budget,
+        max_retries=3,
+        timeout=10.0,
     )
     sim_429_before = sum(sim.state.ratelimited.values())
     log_start = len(sim.state.request_log)

@@ -80,6 +80,8 @@ class Bench:
             token=self.sim.settings.token,
             api_base=self.sim.api_base,
             global_rate=budget,
+            max_retries=3,
+            timeout=10.0,
         )
 
     def mark(self) -> tuple[int, int]:

@@ -41,7 +41,13 @@ def context(
     config = fast_config(sim, tmp_path / "state", **extra)
     metrics = Metrics(CollectorRegistry())
     rest = DiscordRestClient(
-        session=http, metrics=metrics, token=sim.settings.token, api_base=sim.api_base
+        session=http,
+        metrics=metrics,
+        token=sim.settings.token,
+        api_base=sim.api_base,
+        global_rate=25.0,
+        max_retries=3,
+        timeout=10.0,
     )
     ctx = ProbeContext(config=config, session=http, rest=rest, clock=SYSTEM_CLOCK, logger=LOG)
     return ctx, metrics

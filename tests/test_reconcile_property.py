@@ -204,6 +204,8 @@ async def test_property_only_and_all_allowed_channels_are_deleted(
                 api_base=sim.api_base,
                 clock=clock,
                 global_rate=10_000.0,
+                max_retries=3,
+                timeout=10.0,
             )
             recording = RecordingRest(rest, order)
             state_dir = StateDir(tmp / "state")

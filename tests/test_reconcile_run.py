@@ -55,6 +55,8 @@ async def sim_env(
                 api_base=sim.api_base,
                 clock=clock,
                 global_rate=global_rate,
+                max_retries=3,
+                timeout=10.0,
                 backoff_base=0.001,
                 backoff_cap=0.01,
             )

@@ -65,7 +65,7 @@ def new_client(
         api_base=api_base,
         clock=clock,
         rng=random.Random(0),
-        **kw,
+        **{"global_rate": 25.0, "max_retries": 3, "timeout": 10.0, **kw},
     )
 
 

@@ -36,7 +36,6 @@ from monitor.errors import (
 )
 from monitor.metrics import Metrics
 
-DEFAULT_API_BASE = "https://discord.com/api/v10"
 # Methods whose retry cannot duplicate an effect. A POST that timed out may still have
 # created its channel: retrying it is exactly how CDP leaks channels.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -80,12 +79,13 @@ class DiscordRestClient:
         session: aiohttp.ClientSession,
         metrics: Metrics,
         token: str,
-        api_base: str = DEFAULT_API_BASE,
+        # The discord.* config keys: no defaults here, the config holds the only ones.
+        api_base: str,
+        global_rate: float,
+        max_retries: int,
+        timeout: float,
         clock: Clock = SYSTEM_CLOCK,
         logger: logging.Logger = _LOG,
-        global_rate: float = 25.0,
-        max_retries: int = 3,
-        timeout: float = 10.0,
         backoff_base: float = 0.5,
         backoff_cap: float = 10.0,
         max_ratelimit_wait: float = 60.0,
