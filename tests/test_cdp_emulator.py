@@ -14,7 +14,7 @@ import pytest
 from monitor.health.cdplog import CreateFailure, CreateRetry, RequestOutcome, parse_line
 from monitor.sim.cdp import CdpEmulator, CdpSettings, format_go_duration
 from monitor.sim.discord import DEFAULT_ROUTE_LIMITS, DiscordSimulator, RouteLimit, SimSettings
-from tests.sim_util import seed
+from tests.helpers.sim import seed
 
 CREATE_ROUTE = "POST /guilds/{guild_id}/channels"
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}]}

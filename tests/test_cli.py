@@ -15,7 +15,7 @@ import yaml
 from monitor.config import parse_config
 from monitor.logs import JsonFormatter, RedactFilter
 from monitor.sim.discord import DiscordSimulator
-from tests.daemon_util import fast_config_dict, running_daemon
+from tests.helpers.daemon import fast_config_dict, running_daemon
 
 
 async def cli(*args: str) -> tuple[int, str, str]:

@@ -21,9 +21,9 @@ from monitor.clock import SYSTEM_CLOCK
 from monitor.metrics import Metrics
 from monitor.sim.discord import DiscordSimulator, SimSettings
 from monitor.supervise import Supervisor
-from tests.daemon_util import fast_config, fast_config_dict, running_daemon, wait_for
-from tests.prom_util import free_port
-from tests.sim_util import put_faults
+from tests.helpers.daemon import fast_config, fast_config_dict, running_daemon, wait_for
+from tests.helpers.prom import free_port
+from tests.helpers.sim import put_faults
 
 AUTH = {"Authorization": "Bearer control-secret"}
 

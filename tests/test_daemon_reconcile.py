@@ -12,8 +12,8 @@ import aiohttp
 import yaml
 
 from monitor.sim.discord import DiscordSimulator
-from tests.daemon_util import fast_config, fast_config_dict, running_daemon, wait_for
-from tests.sim_util import seed
+from tests.helpers.daemon import fast_config, fast_config_dict, running_daemon, wait_for
+from tests.helpers.sim import seed
 
 AUTH = {"Authorization": "Bearer control-secret"}
 

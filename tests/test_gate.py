@@ -23,8 +23,8 @@ from monitor.health.owner import Health
 from monitor.metrics import Metrics
 from monitor.sim.cdp import CdpEmulator, CdpSettings
 from monitor.sim.discord import DiscordSimulator
-from tests.daemon_util import fast_config, running_daemon, wait_for
-from tests.sim_util import seed
+from tests.helpers.daemon import fast_config, running_daemon, wait_for
+from tests.helpers.sim import seed
 
 MESSAGES: Any = [{"role": "user", "content": "hello there"}]
 

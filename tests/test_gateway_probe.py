@@ -16,7 +16,7 @@ from pytest_aiohttp import AiohttpServer
 
 from monitor.discord.gateway import GatewayProbeResult, gateway_connect_url, probe_gateway
 from monitor.sim.discord import DiscordSimulator
-from tests.sim_util import put_faults
+from tests.helpers.sim import put_faults
 
 HELLO = {"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

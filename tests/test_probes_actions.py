@@ -21,7 +21,7 @@ from monitor.discord.rest import DiscordRestClient
 from monitor.health.probes import PROBES, ProbeContext, record_probe, run_probe
 from monitor.metrics import Metrics
 from monitor.sim.discord import DiscordSimulator
-from tests.daemon_util import fast_config, wait_for
+from tests.helpers.daemon import fast_config, wait_for
 
 LOG = logging.getLogger("cdp-monitor.test")
 

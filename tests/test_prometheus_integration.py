@@ -11,8 +11,8 @@ import yaml
 
 from monitor.sim.discord import DiscordSimulator
 from tests.conftest import REPO_ROOT
-from tests.daemon_util import fast_config, running_daemon, wait_for
-from tests.prom_util import free_port, running_prometheus, static_job
+from tests.helpers.daemon import fast_config, running_daemon, wait_for
+from tests.helpers.prom import free_port, running_prometheus, static_job
 
 ALERTS = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
 

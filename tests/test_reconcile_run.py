@@ -25,7 +25,7 @@ from monitor.reconcile import Reconciler, format_report
 from monitor.sim.discord import DiscordSimulator, SimSettings
 from monitor.state import StateDir
 from monitor.wiring import reconcile_once
-from tests.reconcile_util import GUILD, HOUR, MIN, NOW, cfg, ids
+from tests.helpers.reconcile import GUILD, HOUR, MIN, NOW, cfg, ids
 
 # -- against the simulator -----------------------------------------------------------------------
 

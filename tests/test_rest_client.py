@@ -39,8 +39,8 @@ from monitor.errors import (
 )
 from monitor.metrics import Metrics
 from monitor.sim.discord import DiscordSimulator, RouteLimit, SimSettings
-from tests import sim_util
-from tests.openapi_util import spec_request, validate_request
+from tests.helpers import sim as sim_helpers
+from tests.helpers.openapi import spec_request, validate_request
 
 GET_CHANNEL = "GET /channels/{channel_id}"
 
@@ -87,11 +87,11 @@ async def running_sim(
 
 
 async def seed(http: aiohttp.ClientSession, sim: DiscordSimulator, count: int) -> list[str]:
-    return await sim_util.seed(http, sim, count=count)
+    return await sim_helpers.seed(http, sim, count=count)
 
 
 async def set_faults(http: aiohttp.ClientSession, sim: DiscordSimulator, **rest: Any) -> None:
-    await sim_util.put_faults(http, sim, rest=rest)
+    await sim_helpers.put_faults(http, sim, rest=rest)
 
 
 def sim_count(sim: DiscordSimulator, route: str, status: int | None = None) -> int:

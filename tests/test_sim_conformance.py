@@ -10,8 +10,8 @@ import pytest
 from monitor.clock import FakeClock
 from monitor.discord.snowflake import snowflake_time
 from monitor.sim.discord import DiscordSimulator, RouteLimit, SimSettings
-from tests.openapi_util import spec_request, validate_exchange
-from tests.sim_util import seed
+from tests.helpers.openapi import spec_request, validate_exchange
+from tests.helpers.sim import seed
 
 RATE_HEADERS = (
     "X-RateLimit-Limit",
