@@ -15,7 +15,6 @@ import yaml
 from monitor.config import parse_config
 from monitor.errors import ConfigError
 from monitor.sim.discord import DiscordSimulator
-from tests.helpers.daemon import fast_config_dict
 from tests.deploy.files import (
     MAX_EXPOSURE,
     SYSTEMD_CONFIG,
@@ -23,6 +22,7 @@ from tests.deploy.files import (
     require_tool,
     run,
 )
+from tests.helpers.daemon import fast_config_dict
 from tests.helpers.prom import (
     free_port,
 )
