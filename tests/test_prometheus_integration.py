@@ -11,8 +11,9 @@ import yaml
 
 from monitor.sim.discord import DiscordSimulator
 from tests.conftest import REPO_ROOT
-from tests.helpers.daemon import fast_config, running_daemon, wait_for
+from tests.helpers.daemon import fast_config, running_daemon
 from tests.helpers.prom import free_port, running_prometheus, static_job
+from tests.helpers.wait import wait_for
 
 ALERTS = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
 
