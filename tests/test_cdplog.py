@@ -29,6 +29,7 @@ from monitor.health.follow import backoff_delay, follow_command, follow_file
 from monitor.health.window import Sample
 from monitor.metrics import Metrics
 from tests.helpers.metrics import sample, sample_or_zero
+from tests.helpers.wait import wait_for
 
 BOUND = 10.0  # generous upper bound on waiting for an iterator, never a timing assertion
 
@@ -303,9 +304,7 @@ async def _next(it: AsyncIterator[str]) -> str:
 async def _first_look(it: AsyncIterator[str], clock: CountingClock) -> asyncio.Task[str]:
     """Start pulling from `it` and return once the follower has polled at least once."""
     task = asyncio.ensure_future(_next(it))
-    async with asyncio.timeout(BOUND):
-        while clock.sleeps == 0:
-            await asyncio.sleep(0)
+    await wait_for(lambda: clock.sleeps > 0, what="the follower's first look", bound=BOUND)
     return task
 
 

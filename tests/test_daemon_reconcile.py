@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +10,7 @@ import aiohttp
 import yaml
 
 from monitor.sim.discord import DiscordSimulator
-from tests.helpers.daemon import fast_config, fast_config_dict, running_daemon
+from tests.helpers.daemon import fast_config, fast_config_dict, run_monitor, running_daemon
 from tests.helpers.metrics import metric_value
 from tests.helpers.sim import seed
 from tests.helpers.wait import wait_for
@@ -122,20 +120,8 @@ async def test_cli_reconcile_one_shot(
     )
 
     async def cli(*args: str) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "monitor",
-            "reconcile",
-            "-c",
-            str(path),
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await proc.communicate()
-        assert proc.returncode is not None
-        return proc.returncode, out.decode()
+        rc, out, _ = await run_monitor("reconcile", "-c", str(path), *args, merge_stderr=True)
+        return rc, out
 
     rc, out = await cli("--dry-run")
     assert rc == 0, out

@@ -25,7 +25,7 @@ from monitor.sim.cdp import CdpEmulator, CdpSettings
 from monitor.sim.discord import DiscordSimulator
 from tests.helpers.daemon import fast_config, running_daemon
 from tests.helpers.metrics import metric_value
-from tests.helpers.sim import seed
+from tests.helpers.sim import put_faults, seed
 from tests.helpers.wait import wait_for
 
 MESSAGES: Any = [{"role": "user", "content": "hello there"}]
@@ -321,8 +321,7 @@ async def _creates_fail_until_open(
     daemon: Daemon, discord_sim: DiscordSimulator, http: aiohttp.ClientSession
 ) -> None:
     fault = {"rest": {"error_rate": 1.0, "routes": ["POST /guilds/{guild_id}/channels"]}}
-    async with http.put(f"{discord_sim.admin_url}/faults", json=fault):
-        pass
+    await put_faults(http, discord_sim, **fault)
     ai = client(daemon)
     statuses = []
 
@@ -393,8 +392,7 @@ async def test_ledger_records_completed_and_failed_requests_across_restarts(
         raw = await ai.chat.completions.with_raw_response.create(model="coze", messages=MESSAGES)
         done_id = raw.headers["X-Request-Id"]
         fault = {"rest": {"error_rate": 1.0, "routes": ["POST /guilds/{guild_id}/channels"]}}
-        async with http.put(f"{discord_sim.admin_url}/faults", json=fault):
-            pass
+        await put_faults(http, discord_sim, **fault)
         with pytest.raises(openai.APIStatusError) as caught:
             await ai.chat.completions.create(model="coze", messages=MESSAGES)
         failed_id = caught.value.response.headers["X-Request-Id"]

@@ -23,6 +23,7 @@ from monitor.metrics import Metrics
 from monitor.sim.discord import DiscordSimulator
 from tests.helpers.daemon import fast_config
 from tests.helpers.metrics import metric_value
+from tests.helpers.sim import put_faults
 from tests.helpers.wait import wait_for
 
 LOG = logging.getLogger("cdp-monitor.test")
@@ -80,8 +81,7 @@ async def test_rest_probe_does_not_retry(
     discord_sim: DiscordSimulator, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     ctx, _ = context(discord_sim, http, tmp_path, discord={"max_retries": 3})
-    async with http.put(f"{discord_sim.admin_url}/faults", json={"rest": {"error_rate": 1.0}}):
-        pass
+    await put_faults(http, discord_sim, rest={"error_rate": 1.0})
     result = await run_probe("rest", ctx)
     assert not result.ok and result.data["status"] == 500
     assert discord_sim.state.requests[("GET /gateway/bot", 500)] == 1

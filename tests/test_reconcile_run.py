@@ -27,6 +27,7 @@ from monitor.state import StateDir
 from monitor.wiring import reconcile_once
 from tests.helpers.metrics import sample_or_zero
 from tests.helpers.reconcile import GUILD, HOUR, MIN, NOW, cfg, ids
+from tests.helpers.wait import wait_for
 
 # -- against the simulator -----------------------------------------------------------------------
 
@@ -403,10 +404,7 @@ async def test_loop_runs_on_its_own(tmp_path: Path) -> None:
         task = asyncio.create_task(env.rec.loop(lambda: ("closed", NOW - HOUR), tick=1.0))
         try:
             # Waiting for the simulator's answers (real I/O), not for time-based logic.
-            for _ in range(1000):
-                if env.rec.last_report is not None:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_for(lambda: env.rec.last_report is not None, what="the first report")
         finally:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):

@@ -483,10 +483,15 @@ async def test_global_429_pauses_every_bucket(http: aiohttp.ClientSession) -> No
 
 
 async def test_global_429s_under_real_concurrency_are_obeyed(http: aiohttp.ClientSession) -> None:
-    """A client paced far above the simulator's global limit still ends with every call done."""
-    async with running_sim(SimSettings(global_limit=5)) as sim:
+    """A client paced far above the simulator's global limit still ends with every call done.
+
+    Real concurrency (12 requests in flight together) on a shared fake clock: time moves
+    only when the client sleeps, so the count of 429s does not depend on machine load.
+    """
+    clock = FakeClock()
+    async with running_sim(SimSettings(global_limit=5), clock) as sim:
         ids = await seed(http, sim, 12)
-        client = new_client(http, sim.api_base, global_rate=1000, max_retries=5)
+        client = new_client(http, sim.api_base, clock=clock, global_rate=1000, max_retries=5)
         results = await asyncio.gather(*(client.get_channel(c) for c in ids))
         assert [r["id"] for r in results] == ids
         # 12 calls over 12 buckets against 5/s: at most 7 global 429s in the first second,
