@@ -413,9 +413,9 @@ async def test_follow_command_that_cannot_start_keeps_retrying(
 
     with caplog.at_level(logging.WARNING, logger="t.m"):
         task = asyncio.ensure_future(pull())
-        async with asyncio.timeout(BOUND):
-            while clock.monotonic() < 1 + 2 + 4:
-                await asyncio.sleep(0)
+        await wait_for(
+            lambda: clock.monotonic() >= 1 + 2 + 4, what="three restarts", bound=BOUND, interval=0
+        )
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
