@@ -18,6 +18,7 @@ from monitor.health.owner import Health
 from monitor.health.window import Sample, SampleWindow, evaluate, window_settings
 from monitor.metrics import Metrics
 from monitor.state import StateDir
+from tests.helpers.metrics import sample
 
 T0 = 1_700_000_000.0
 # The daemon's own defaults (monitor.yaml), so the product ships what is tested here.
@@ -474,26 +475,23 @@ def test_transition_effects_mirror_state() -> None:
     registry = _metrics_of(health)
     b = health.breaker
 
-    def value(name: str, **labels: str) -> float | None:
-        return registry.get_sample_value(name, labels)
-
-    assert value("cdpmon_breaker_transitions_total", to="open") == 0
+    assert sample(registry, "cdpmon_breaker_transitions_total", to="open") == 0
     b.record(True, T0)
-    assert value("cdpmon_breaker_state", state="open") == 1
-    assert value("cdpmon_breaker_state", state="closed") == 0
-    assert value("cdpmon_breaker_transitions_total", to="open") == 1
+    assert sample(registry, "cdpmon_breaker_state", state="open") == 1
+    assert sample(registry, "cdpmon_breaker_state", state="closed") == 0
+    assert sample(registry, "cdpmon_breaker_transitions_total", to="open") == 1
     b.pause(T0 + 1)
-    assert value("cdpmon_paused") == 1
-    assert value("cdpmon_breaker_state", state="forced_open") == 1
+    assert sample(registry, "cdpmon_paused") == 1
+    assert sample(registry, "cdpmon_breaker_state", state="forced_open") == 1
     b.resume(T0 + 2)
-    assert value("cdpmon_paused") == 0
-    assert value("cdpmon_breaker_state", state="closed") == 1
-    assert value("cdpmon_breaker_transitions_total", to="closed") == 1
+    assert sample(registry, "cdpmon_paused") == 0
+    assert sample(registry, "cdpmon_breaker_state", state="closed") == 1
+    assert sample(registry, "cdpmon_breaker_transitions_total", to="closed") == 1
 
 
 def test_transition_effects_reflect_restored_pause(tmp_path: Path) -> None:
     sd = StateDir(tmp_path)
     HealthBreaker(SETTINGS, state_dir=sd, now=T0).pause(T0, reason="x")
     registry = _metrics_of(Health.from_config(DEFAULTS, clock=FakeClock(T0 + 1), state_dir=sd))
-    assert registry.get_sample_value("cdpmon_paused") == 1
-    assert registry.get_sample_value("cdpmon_breaker_state", {"state": "forced_open"}) == 1
+    assert sample(registry, "cdpmon_paused") == 1
+    assert sample(registry, "cdpmon_breaker_state", state="forced_open") == 1

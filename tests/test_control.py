@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from monitor.control import _is_loopback, build_control_app
 from monitor.daemon import Daemon
 from monitor.sim.discord import DiscordSimulator
-from tests.daemon_util import fast_config
+from tests.helpers.daemon import fast_config
 
 AUTH = {"Authorization": "Bearer control-secret"}
 ClientFactory = Callable[[Any], Awaitable[TestClient[Any, Any]]]

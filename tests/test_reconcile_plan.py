@@ -10,7 +10,7 @@ import pytest
 from monitor.discord.snowflake import make_snowflake
 from monitor.ledger import RequestLedger
 from monitor.reconcile import Action, plan, recheck
-from tests.reconcile_util import GUILD, HOUR, MIN, NOW, cfg, chan, ids, sf, why_of
+from tests.helpers.reconcile import GUILD, HOUR, MIN, NOW, cfg, chan, ids, sf, why_of
 
 # -- the planner -----------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from monitor.sim.discord import (
     SimSettings,
 )
 from monitor.state import StateDir
-from tests.reconcile_util import NOW, cfg
+from tests.helpers.reconcile import NOW, cfg
 
 # -- property tests against the simulator -----------------------------------------------------
 

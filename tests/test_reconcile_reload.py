@@ -23,7 +23,7 @@ from monitor.ledger import RequestLedger
 from monitor.metrics import Metrics
 from monitor.reconcile import Reconciler
 from monitor.state import StateDir
-from tests.reconcile_util import GUILD, HOUR, MIN, NOW, cfg, chan, sf
+from tests.helpers.reconcile import GUILD, HOUR, MIN, NOW, cfg, chan, sf
 
 
 class MemoryGuild:

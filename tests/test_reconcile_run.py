@@ -25,7 +25,9 @@ from monitor.reconcile import Reconciler, format_report
 from monitor.sim.discord import DiscordSimulator, SimSettings
 from monitor.state import StateDir
 from monitor.wiring import reconcile_once
-from tests.reconcile_util import GUILD, HOUR, MIN, NOW, cfg, ids
+from tests.helpers.metrics import sample_or_zero
+from tests.helpers.reconcile import GUILD, HOUR, MIN, NOW, cfg, ids
+from tests.helpers.wait import wait_for
 
 # -- against the simulator -----------------------------------------------------------------------
 
@@ -108,10 +110,6 @@ class Env:
     def audit(self) -> list[dict[str, Any]]:
         return list(self.state_dir.read_audit())
 
-    def sample(self, name: str, **labels: str) -> float:
-        value = self.metrics.registry.get_sample_value(name, labels)
-        return 0.0 if value is None else value
-
     def requests(self, route: str) -> int:
         return sum(n for (r, _s), n in self.sim.state.requests.items() if r == route)
 
@@ -145,11 +143,17 @@ async def test_apply_deletes_exactly_the_plan_and_audits_each_once(tmp_path: Pat
             assert r["dry_run"] is False and r["trigger"] == "test"
             assert r["created_at"] == snowflake_time(int(r["channel_id"]))
             assert r["name"].startswith("cdp-chat-")
-        assert env.sample(
-            "cdpmon_channels_deleted_total", guild=str(GUILD), reason="empty_aged"
+        assert sample_or_zero(
+            env.metrics.registry,
+            "cdpmon_channels_deleted_total",
+            guild=str(GUILD),
+            reason="empty_aged",
         ) == len(leaked)
-        assert env.sample("cdpmon_reconcile_runs_total", result="ok") == 1
-        assert env.sample("cdpmon_reconcile_last_success_timestamp_seconds") > 0
+        assert sample_or_zero(env.metrics.registry, "cdpmon_reconcile_runs_total", result="ok") == 1
+        assert (
+            sample_or_zero(env.metrics.registry, "cdpmon_reconcile_last_success_timestamp_seconds")
+            > 0
+        )
         # One GET per channel just before its DELETE, and one listing.
         assert env.requests("GET /channels/{channel_id}") == len(leaked)
         assert env.requests("DELETE /channels/{channel_id}") == len(leaked)
@@ -196,7 +200,10 @@ async def test_dry_run_deletes_nothing_but_audits_each_decision(tmp_path: Path) 
         assert sorted(r["channel_id"] for r in audit) == sorted(leaked)
         assert all(r["dry_run"] is True for r in audit)
         assert env.requests("DELETE /channels/{channel_id}") == 0
-        assert env.sample("cdpmon_reconcile_runs_total", result="dry_run") == 1
+        assert (
+            sample_or_zero(env.metrics.registry, "cdpmon_reconcile_runs_total", result="dry_run")
+            == 1
+        )
         text = format_report(report)
         assert "would delete" in text and leaked[0] in text
 
@@ -237,7 +244,9 @@ async def test_listing_failure_is_an_error_report(tmp_path: Path) -> None:
         report = await env.rec.run(trigger="test")
         assert report.result == "error"
         assert "listing" in report.errors[0]["error"]
-        assert env.sample("cdpmon_reconcile_runs_total", result="error") == 1
+        assert (
+            sample_or_zero(env.metrics.registry, "cdpmon_reconcile_runs_total", result="error") == 1
+        )
         assert env.audit() == []
         assert "error" in format_report(report)
 
@@ -316,11 +325,17 @@ async def test_census_metrics_and_status(tmp_path: Path) -> None:
         await env.seed(1, age=HOUR, prefix="general-")
         c = await env.rec.census()
         g = str(GUILD)
-        assert env.sample("cdpmon_guild_channels", guild=g) == 10
-        assert env.sample("cdpmon_guild_channel_limit", guild=g) == 100
+        assert sample_or_zero(env.metrics.registry, "cdpmon_guild_channels", guild=g) == 10
+        assert sample_or_zero(env.metrics.registry, "cdpmon_guild_channel_limit", guild=g) == 100
         for state, n in (("active", 4), ("empty", 2), ("stale", 0), ("leaked", 3)):
-            assert env.sample("cdpmon_temp_channels", guild=g, state=state) == n
-        assert env.sample("cdpmon_guild_channel_exhaustion_seconds", guild=g) == math.inf
+            assert (
+                sample_or_zero(env.metrics.registry, "cdpmon_temp_channels", guild=g, state=state)
+                == n
+            )
+        assert (
+            sample_or_zero(env.metrics.registry, "cdpmon_guild_channel_exhaustion_seconds", guild=g)
+            == math.inf
+        )
         # A cached census does not list again, nor does one asked within the list spacing.
         assert await env.rec.census() is c
         assert await env.rec.census(max_age=0) is c
@@ -330,9 +345,9 @@ async def test_census_metrics_and_status(tmp_path: Path) -> None:
         await env.seed(10, age=0, messages=1)
         await env.rec.census(max_age=0)
         assert env.requests("GET /guilds/{guild_id}/channels") == 2
-        assert env.sample("cdpmon_guild_channel_exhaustion_seconds", guild=g) == pytest.approx(
-            480.0, rel=0.01
-        )
+        assert sample_or_zero(
+            env.metrics.registry, "cdpmon_guild_channel_exhaustion_seconds", guild=g
+        ) == pytest.approx(480.0, rel=0.01)
         status = env.rec.status()
         assert status["channels"]["channels"] == 20
         assert status["reconcile"]["last_run"] is None
@@ -389,10 +404,7 @@ async def test_loop_runs_on_its_own(tmp_path: Path) -> None:
         task = asyncio.create_task(env.rec.loop(lambda: ("closed", NOW - HOUR), tick=1.0))
         try:
             # Waiting for the simulator's answers (real I/O), not for time-based logic.
-            for _ in range(1000):
-                if env.rec.last_report is not None:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_for(lambda: env.rec.last_report is not None, what="the first report")
         finally:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):

@@ -10,8 +10,8 @@ import pytest
 from monitor.clock import FakeClock
 from monitor.discord.snowflake import snowflake_time
 from monitor.sim.discord import DiscordSimulator, RouteLimit, SimSettings
-from tests.openapi_util import spec_request, validate_exchange
-from tests.sim_util import seed
+from tests.helpers.openapi import spec_request, validate_exchange
+from tests.helpers.sim import put_faults, seed
 
 RATE_HEADERS = (
     "X-RateLimit-Limit",
@@ -318,10 +318,7 @@ async def test_faults_error_status_route_filter_and_clear(
 async def test_fault_502_is_html_like_cloudflare(
     http: aiohttp.ClientSession, discord_sim: DiscordSimulator
 ) -> None:
-    async with http.put(
-        f"{discord_sim.admin_url}/faults", json={"rest": {"error_rate": 1.0, "error_status": 502}}
-    ):
-        pass
+    await put_faults(http, discord_sim, rest={"error_rate": 1.0, "error_status": 502})
     async with http.get(
         f"{discord_sim.api_base}/users/@me", headers={"Authorization": "Bot sim-token"}
     ) as r:
@@ -331,8 +328,7 @@ async def test_fault_502_is_html_like_cloudflare(
 async def test_connection_reset_fault(
     http: aiohttp.ClientSession, discord_sim: DiscordSimulator
 ) -> None:
-    async with http.put(f"{discord_sim.admin_url}/faults", json={"rest": {"reset_rate": 1.0}}):
-        pass
+    await put_faults(http, discord_sim, rest={"reset_rate": 1.0})
     with pytest.raises(aiohttp.ClientConnectionError):
         async with http.get(
             f"{discord_sim.api_base}/users/@me", headers={"Authorization": "Bot sim-token"}
@@ -423,8 +419,7 @@ async def test_same_seed_same_faults(http: aiohttp.ClientSession) -> None:
         sim = DiscordSimulator(SimSettings(seed=7, route_limits={}))
         await sim.start()
         try:
-            async with http.put(f"{sim.admin_url}/faults", json={"rest": {"error_rate": 0.5}}):
-                pass
+            await put_faults(http, sim, rest={"error_rate": 0.5})
             run = []
             for _ in range(20):
                 async with http.get(sim.api_base + "/gateway") as r:
@@ -456,15 +451,11 @@ async def test_gateway_hello_ack_identify_ready(
 
 
 async def test_gateway_faults(http: aiohttp.ClientSession, discord_sim: DiscordSimulator) -> None:
-    async with http.put(f"{discord_sim.admin_url}/faults", json={"gateway": {"close_code": 4000}}):
-        pass
+    await put_faults(http, discord_sim, gateway={"close_code": 4000})
     async with http.ws_connect(discord_sim.gateway_url + "/?v=10&encoding=json") as ws:
         msg = await ws.receive()
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4000
-    async with http.put(
-        f"{discord_sim.admin_url}/faults", json={"gateway": {"close_code": None, "refuse": True}}
-    ):
-        pass
+    await put_faults(http, discord_sim, gateway={"close_code": None, "refuse": True})
     with pytest.raises(aiohttp.WSServerHandshakeError):
         await http.ws_connect(discord_sim.gateway_url + "/?v=10&encoding=json")
     assert discord_sim.state.gateway["refused"] == 1
