@@ -75,6 +75,18 @@ class DiscordRateLimited(DiscordHTTPError):
         super().__init__(429, **kw)  # type: ignore[arg-type]
 
 
+class DiscordCloudflareBan(DiscordRateLimited):
+    """A 429 from Cloudflare, not from Discord (text body, no ``Via``): our IP is banned.
+
+    Every call of the client fails with it, without sending, until ``until`` (the
+    client's monotonic clock); ``retry_after`` is what was left of the ban when raised.
+    """
+
+    def __init__(self, *, until: float, retry_after: float, **kw: object) -> None:
+        self.until = until
+        super().__init__(retry_after=retry_after, is_global=True, scope="cloudflare", **kw)
+
+
 class DiscordTimeout(DiscordError):
     """No answer within the timeout, through the bounded retries."""
 

@@ -61,6 +61,8 @@ class ProbeContext:
             # GET /gateway needs no token: asked without one, it keeps working after a
             # 401 has made the REST client stop using the dead token.
             url = None
+            if self.rest.banned_for > 0:  # the IP is banned from the API: don't ask
+                raise DiscordError(f"GET /gateway: Cloudflare ban for {self.rest.banned_for:.0f}s")
             try:
                 async with self.session.get(
                     self.config.discord.api_base.rstrip("/") + "/gateway",

@@ -1,14 +1,17 @@
 """Carrying out a plan: for each action, ask Discord about the channel again, re-apply the
 rules to the answer (`recheck`), delete it, and write its audit line; at most
 `concurrency` channels at a time, through the shared budget-pacing REST client. A 404 is
-"already gone"; a 401 or an unwritable audit log stops the rest of the run."""
+"already gone"; a 401 or an unwritable audit log stops the rest of the run. A channel
+Discord describes without `last_message_id` gets its newest message asked for before
+the re-check judges its emptiness."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from monitor.clock import Clock
 from monitor.config import ReconcileConfig
@@ -20,6 +23,13 @@ from monitor.reconcile.census import ChannelsAPI
 from monitor.reconcile.plan import Action, Plan, Skip, recheck
 from monitor.reconcile.report import RunState, error_entry
 from monitor.state import StateDir
+
+
+@runtime_checkable
+class MessagesAPI(Protocol):
+    """The emptiness check's call; a client without it keeps such channels."""
+
+    async def list_messages(self, channel_id: int | str, limit: int = 50) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,13 @@ class Applier:
         except DiscordError as exc:
             _discord_failed(state, a, "re-check", exc)
             return
+        messages = None
+        if isinstance(fresh, Mapping) and "last_message_id" not in fresh:
+            try:
+                messages = await self._newest_message(a)
+            except DiscordError as exc:
+                _discord_failed(state, a, "emptiness check", exc)
+                return
         reason, why = recheck(
             a,
             fresh,
@@ -78,6 +95,7 @@ class Applier:
             self.clock.time(),
             min_age=p.min_age,
             guild_id=self.guild_id,
+            messages=messages,
         )
         if reason is None:
             report.skipped.append(Skip(str(a.channel_id), a.name, f"re-check: {why}").as_dict())
@@ -88,6 +106,12 @@ class Applier:
             return
         # Shielded so a cancelled run never deletes without writing the audit line.
         await asyncio.shield(self._delete_and_audit(state, a, reason))
+
+    async def _newest_message(self, a: Action) -> Any:
+        """GET /channels/{id}/messages?limit=1, or None when the client cannot ask."""
+        if not isinstance(self.rest, MessagesAPI):
+            return None
+        return await self.rest.list_messages(a.channel_id, limit=1)
 
     async def _delete_and_audit(self, state: RunState, a: Action, reason: str) -> None:
         try:
