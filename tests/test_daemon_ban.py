@@ -20,7 +20,8 @@ from aiohttp.test_utils import TestServer
 
 from monitor.daemon import Daemon
 from monitor.sim.discord import DiscordSimulator
-from tests.daemon_util import fast_config, running_daemon, wait_for
+from tests.helpers.daemon import fast_config, running_daemon
+from tests.helpers.wait import wait_for
 
 BAN_SECONDS = 2  # the ban's Retry-After; the daemon must sit it out, then resume
 

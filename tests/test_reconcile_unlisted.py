@@ -10,7 +10,7 @@ from typing import Any
 from monitor.discord.rest import DiscordRestClient
 from monitor.ledger import RequestLedger
 from monitor.reconcile.plan import newest_message_id, plan, recheck
-from tests.reconcile_util import GUILD, HOUR, MIN, NOW, cfg, chan, ids, sf, why_of
+from tests.helpers.reconcile import GUILD, HOUR, MIN, NOW, cfg, chan, ids, sf, why_of
 from tests.test_reconcile_run import sim_env
 
 OPENAPI = Path(__file__).resolve().parents[2] / "shared" / "discord-api-spec" / "openapi.json"
