@@ -97,7 +97,7 @@ async def seeded_channel(http: aiohttp.ClientSession, sim: DiscordSimulator) -> 
     [
         ("POST", "/v1/chat/completions", b'{"model": "m"}', False, True),
         ("POST", "/v1/chat/completions", b'{"channelId": ""}', False, True),
-        ("POST", "/v1/chat/completions", b'{"channelId": "  "}', False, True),
+        ("POST", "/v1/chat/completions", b'{"channelId": "  "}', False, False),  # CDP uses it as is
         ("POST", "/v1/chat/completions", b'{"channelId": "123"}', False, False),
         ("POST", "/v1/chat/completions", b'{"model": "m"}', True, False),
         ("POST", "/v1/images/generations", b'{"prompt": "p"}', False, True),
