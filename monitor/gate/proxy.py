@@ -133,12 +133,13 @@ class Proxy:
                 allow_redirects=False,
                 timeout=self._timeout,
             )
+        except TimeoutError:
+            # Before ClientError: aiohttp's ServerTimeoutError is both. Our own timeout
+            # on CDP is no evidence about Discord: no health sample.
+            return Outcome(_timed_out(), "upstream_timeout", ok=None)
         except aiohttp.ClientError as exc:
             # CDP down or resetting is CDP's trouble, not Discord's: no health sample.
             return self._unavailable(exc)
-        except TimeoutError:
-            # Our own timeout on CDP: no evidence about Discord, no health sample.
-            return Outcome(_timed_out(), "upstream_timeout", ok=None)
         async with upstream:
             request_id = upstream.headers.get("X-Request-Id")
             if request_id and on_request_id is not None:
