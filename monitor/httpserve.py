@@ -12,6 +12,7 @@ protocol errors with JSON, and logs client mistakes as single, rate-limited line
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import resource
 from collections import OrderedDict
@@ -40,7 +41,7 @@ def json_error(status: int, code: str, message: str) -> web.Response:
 
 
 LIMITS = web.AppKey("httpserve_limits", Limits)
-ERRORS = web.AppKey("httpserve_errors", ErrorMaker)
+ERRORS: web.AppKey[ErrorMaker] = web.AppKey("httpserve_errors")
 
 
 class BodyTimeout(Exception):
@@ -60,11 +61,13 @@ async def read_body(request: web.Request) -> bytes:
 def descriptor_pressure() -> dict[str, Any]:
     """Open file descriptors against RLIMIT_NOFILE (for /healthz)."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        used: int | None = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        used = None  # not Linux
     limit = None if soft == resource.RLIM_INFINITY else soft
+    try:
+        used: int | None = len(os.listdir("/proc/self/fd")) - 1  # less listdir's own
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return {"open": limit, "limit": limit, "ratio": 1.0}  # cannot even look
+        used = None  # not Linux
     ratio = round(used / limit, 4) if used is not None and limit else None
     return {"open": used, "limit": limit, "ratio": ratio}
 

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from monitor.daemon import Daemon
@@ -139,7 +138,7 @@ async def test_hang_up_mid_body_leaves_no_traceback(
 ) -> None:
     host, port = host_port(gate_url(daemon))
     with caplog.at_level(logging.DEBUG):
-        reader, writer = await asyncio.open_connection(host, port)
+        _reader, writer = await asyncio.open_connection(host, port)
         head = request_bytes("POST", "/v1/chat/completions", b"x" * 100)[:-100]
         writer.write(head + b'{"model": ')
         await writer.drain()

@@ -122,9 +122,7 @@ def _key_bytes(key: str) -> bytes:
 keys = st.one_of(
     st.sampled_from(KEY_SPELLINGS).map(_key_bytes),
     st.sampled_from(ESCAPED_KEYS).map(lambda k: b'"' + k.encode() + b'"'),
-    st.text(alphabet="cChHaAnNeElLiIdD\u212a\u017f\u0131", min_size=8, max_size=10).map(
-        _key_bytes
-    ),
+    st.text(alphabet="cChHaAnNeElLiIdD\u212a\u017f\u0131", min_size=8, max_size=10).map(_key_bytes),
 )
 leaf_values = st.one_of(
     st.sampled_from(VALUES), st.text(max_size=6).map(lambda t: _key_bytes(t.replace('"', "")))
@@ -151,9 +149,7 @@ def bodies(draw: st.DrawFn) -> bytes:
     members = draw(st.lists(st.tuples(keys, values), max_size=5))
     sep = draw(spacing)
     body = b"{" + sep + (b"," + sep).join(k + b":" + sep + v for k, v in members) + b"}"
-    top = draw(
-        st.sampled_from(["object", "object", "object", "null", "array", "string", "empty"])
-    )
+    top = draw(st.sampled_from(["object", "object", "object", "null", "array", "string", "empty"]))
     if top == "null":
         body = b"null"
     elif top == "array":
