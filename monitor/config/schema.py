@@ -62,10 +62,6 @@ class _Section(BaseModel):
 class DiscordConfig(_Section):
     token: BotToken
     token_file: ResolvedPath | None = None  # where `token` was read from, if anywhere
-    header_timeout: PositiveDuration = 10.0
-    body_timeout: PositiveDuration = 10.0
-    idle_timeout: PositiveDuration = 30.0
-    max_connections: Annotated[Int, Field(ge=1)] = 64
     guild_id: Snowflake
     api_base: BaseUrl = "https://discord.com/api/v10"
     gateway_url: WsUrl | None = None
