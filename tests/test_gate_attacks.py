@@ -19,7 +19,7 @@ from monitor.daemon import Daemon
 from monitor.sim.cdp import CdpEmulator, CdpSettings
 from monitor.sim.discord import DiscordSimulator
 from tests.daemon_util import fast_config, running_daemon, wait_for
-from tests.raw_http_util import host_port, raw_request, request_bytes, send_raw
+from tests.raw_http_util import host_port, parse_response, raw_request, request_bytes, send_raw
 
 CHAT = b'{"model": "coze", "messages": [{"role": "user", "content": "hi"}]}'
 
@@ -49,7 +49,7 @@ def gate_extra(upstream: str, **gate: Any) -> dict[str, Any]:
 async def daemon(
     discord_sim: DiscordSimulator, cdp: CdpEmulator, tmp_path: Path
 ) -> AsyncIterator[Daemon]:
-    extra = gate_extra(cdp.base_url, max_body="4KiB", header_timeout="300ms")
+    extra = gate_extra(cdp.base_url, max_body="4KiB", header_timeout="300ms", body_timeout="300ms")
     config = fast_config(discord_sim, tmp_path / "state", **extra)
     async with running_daemon(config) as d:
         await wait_for(d.ready, what="ready")
@@ -159,6 +159,17 @@ async def test_slow_headers_are_cut_off(daemon: Daemon) -> None:
     await writer.drain()
     assert await asyncio.wait_for(reader.read(), 30) == b""  # the gate closed it
     writer.close()
+
+
+async def test_slow_body_gets_408_json(daemon: Daemon) -> None:
+    host, port = host_port(gate_url(daemon))
+    reader, writer = await asyncio.open_connection(host, port)
+    head = request_bytes("POST", "/v1/chat/completions", b"x" * 100)[:-100]
+    writer.write(head + b'{"model": ')  # 90 bytes never follow
+    await writer.drain()
+    resp = parse_response(await asyncio.wait_for(reader.read(), 30))
+    writer.close()
+    assert resp.status == 408 and resp.json()["error"]["code"] == "body_timeout"
 
 
 async def test_error_answers_are_json(daemon: Daemon) -> None:
