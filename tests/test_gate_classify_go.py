@@ -74,7 +74,7 @@ KEY_SPELLINGS = [
     "channel_id",
     "channelIdx",
     "channelId ",
-    "chann\u0131lId",  # dotless i: Go does not fold it to I
+    "channel\u0131d",  # dotless i: Go does not fold it to I
     "channel\u0130d",  # dotted capital I
     "\u212aey",  # Kelvin sign
     "\u017fomething",  # long s

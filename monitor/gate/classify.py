@@ -32,6 +32,12 @@ _FIELD = "CHANNELID"  # the field's name as Go folds it
 _GO_FOLD_TO_ASCII = {"\u212a": "K", "\u017f": "S"}
 _GO_SPACE = " \t\n\r"
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+class _Object(list[tuple[str, object]]):
+    """A decoded JSON object: its members in order, duplicates kept."""
+
+
 _DECODER = json.JSONDecoder(
     # Numbers are only skipped: no int/float conversion (Python refuses ints over 4,300
     # digits, which Go accepts), and NaN/Infinity are not JSON for Go.
@@ -40,10 +46,6 @@ _DECODER = json.JSONDecoder(
     parse_constant=lambda s: _raise(ValueError(f"not JSON: {s}")),
     object_pairs_hook=lambda pairs: _Object(pairs),
 )
-
-
-class _Object(list[tuple[str, object]]):
-    """A decoded JSON object: its members in order, duplicates kept."""
 
 
 def _raise(exc: Exception) -> object:
