@@ -22,7 +22,7 @@ from monitor.health.cdplog import follow_command, follow_file
 from monitor.health.effects import TransitionEffects
 from monitor.health.owner import Health
 from monitor.health.probes import ProbeContext, ProbeResult, enabled_probes, run_probe
-from monitor.httpserve import start_site
+from monitor.httpserve import Limits, start_site
 from monitor.ledger import LedgerView, RequestLedger
 from monitor.metrics import Metrics
 from monitor.reconcile import Reconciler, ReconcileReport
@@ -161,10 +161,13 @@ def control_app(
     config: Config, target: ControlTarget, *, registry: CollectorRegistry
 ) -> web.Application:
     token = config.control.token
+    c = config.control
     return build_control_app(
         target,
         registry=registry,
         token=token.get_secret_value() if token is not None else None,
+        listen=c.listen_address,
+        limits=Limits(c.header_timeout, c.body_timeout, c.idle_timeout, c.max_connections),
     )
 
 

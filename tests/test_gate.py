@@ -99,11 +99,11 @@ async def seeded_channel(http: aiohttp.ClientSession, sim: DiscordSimulator) -> 
     [
         ("POST", "/v1/chat/completions", b'{"model": "m"}', False, True),
         ("POST", "/v1/chat/completions", b'{"channelId": ""}', False, True),
-        ("POST", "/v1/chat/completions", b'{"channelId": "  "}', False, True),
+        ("POST", "/v1/chat/completions", b'{"channelId": "  "}', False, False),  # CDP uses it as is
         ("POST", "/v1/chat/completions", b'{"channelId": "123"}', False, False),
         ("POST", "/v1/chat/completions", b'{"model": "m"}', True, False),
         ("POST", "/v1/images/generations", b'{"prompt": "p"}', False, True),
-        ("POST", "/v1/chat/completions", b"not json", False, True),
+        ("POST", "/v1/chat/completions", b"not json", False, False),  # CDP fails: no channel
         ("POST", "/api/channel/create", b"{}", True, True),
         ("POST", "/api/thread/create", b"{}", False, True),
         ("GET", "/v1/models", b"", False, False),
