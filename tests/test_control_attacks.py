@@ -21,8 +21,8 @@ from monitor.daemon import Daemon
 from monitor.httpserve import start_site
 from monitor.sim.discord import DiscordSimulator
 from monitor.units import HostPort
-from tests.daemon_util import fast_config
-from tests.raw_http_util import RawResponse, raw_request
+from tests.helpers.daemon import fast_config
+from tests.helpers.raw_http import RawResponse, raw_request
 
 JSON = {"Content-Type": "application/json"}
 

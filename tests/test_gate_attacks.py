@@ -18,8 +18,9 @@ import pytest
 from monitor.daemon import Daemon
 from monitor.sim.cdp import CdpEmulator, CdpSettings
 from monitor.sim.discord import DiscordSimulator
-from tests.daemon_util import fast_config, running_daemon, wait_for
-from tests.raw_http_util import host_port, parse_response, raw_request, request_bytes, send_raw
+from tests.helpers.daemon import fast_config, running_daemon
+from tests.helpers.raw_http import host_port, parse_response, raw_request, request_bytes, send_raw
+from tests.helpers.wait import wait_for
 
 CHAT = b'{"model": "coze", "messages": [{"role": "user", "content": "hi"}]}'
 

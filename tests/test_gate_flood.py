@@ -21,8 +21,9 @@ from monitor.health.probes import ProbeContext, record_probe, run_probe
 from monitor.metrics import Metrics
 from monitor.sim.cdp import CdpEmulator, CdpSettings
 from monitor.sim.discord import DiscordSimulator
-from tests.daemon_util import fast_config, running_daemon, wait_for
-from tests.raw_http_util import host_port, raw_request
+from tests.helpers.daemon import fast_config, running_daemon
+from tests.helpers.raw_http import host_port, raw_request
+from tests.helpers.wait import wait_for
 
 IDLE = 5000
 MAX_CONNECTIONS = 1024

@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from monitor.httpserve import LIMITS, Limits, LogLimiter, start_site
-from tests.raw_http_util import parse_response, request_bytes
+from tests.helpers.raw_http import parse_response, request_bytes
 
 
 async def test_full_listener_of_busy_connections_refuses_with_json() -> None:
