@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import math
+import os
+import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -105,8 +108,10 @@ class Env:
     def channel_ids(self) -> set[str]:
         return {str(c) for c in self.sim.state.channels}
 
-    def audit(self) -> list[dict[str, Any]]:
-        return list(self.state_dir.read_audit())
+    def audit(self, *events: str) -> list[dict[str, Any]]:
+        """The audit lines of these events (default: the outcomes, deleted or dry run)."""
+        wanted = events or ("deleted", "dry_run")
+        return [r for r in self.state_dir.read_audit() if r["event"] in wanted]
 
     def sample(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, labels)
@@ -140,6 +145,11 @@ async def test_apply_deletes_exactly_the_plan_and_audits_each_once(tmp_path: Pat
         assert env.channel_ids() == set(traps)
         audit = env.audit()
         assert sorted(r["channel_id"] for r in audit) == sorted(leaked)
+        # Each deletion's intent line precedes it, and nothing else was written.
+        lines = [(r["event"], r["channel_id"]) for r in env.state_dir.read_audit()]
+        assert len(lines) == 2 * len(leaked)
+        for cid in leaked:
+            assert lines.index(("intent", cid)) < lines.index(("deleted", cid))
         for r in audit:
             assert r["run_id"] == report.run_id and r["reason"] == "empty_aged"
             assert r["dry_run"] is False and r["trigger"] == "test"
@@ -266,33 +276,44 @@ async def test_token_rejected_mid_run_stops_the_run(tmp_path: Path) -> None:
         assert sum("rejected the token" in s["why"] for s in report.skipped) == 4
 
 
-async def test_audit_failure_stops_deleting(tmp_path: Path) -> None:
+async def _run_with_unwritable_audit(env: Env, break_it: Callable[[], None]) -> None:
+    leaked = await env.seed(20, age=HOUR)
+    break_it()
+    for n in (1, 2):  # run after run: nothing deleted, each run an error, no exception
+        report = await env.rec.run(trigger="test")
+        assert report.result == "error" and report.deleted == []
+        assert report.error is not None and "audit log" in report.error
+        assert "audit log" in format_report(report)
+        assert env.requests("DELETE /channels/{channel_id}") == 0
+        assert set(leaked) <= env.channel_ids()
+        assert env.sample("cdpmon_reconcile_runs_total", result="error") == n
+        assert env.rec.status()["reconcile"]["last_run"]["error"] == report.error
+
+
+async def test_state_dir_replaced_by_a_file_deletes_nothing(tmp_path: Path) -> None:
+    # Red team: with the state dir unwritable each run deleted 16 channels unaudited.
     async with sim_env(tmp_path) as env:
-        leaked = await env.seed(5, age=HOUR)
-        p = await env.rec.make_plan()
-        rec = Reconciler(
-            cfg(),
-            guild_id=GUILD,
-            channel_limit=500,
-            rest=env.rest,
-            ledger=None,
-            state_dir=_BrokenStateDir(tmp_path / "broken"),
-            metrics=env.metrics,
-            clock=env.clock,
-            concurrency=1,
-        )
-        report = await rec.apply(p, trigger="test")
-        assert len(report.deleted) == 1  # the one whose audit line failed
-        assert any("audit log" in e["error"] for e in report.errors)
-        assert len(set(leaked) & env.channel_ids()) == 4
-        assert report.result == "partial"
+
+        def break_it() -> None:
+            shutil.rmtree(env.state_dir.path)
+            env.state_dir.path.write_text("not a directory")
+
+        await _run_with_unwritable_audit(env, break_it)
+        env.state_dir.path.unlink()
+        env.state_dir.path.mkdir()
+        report = await env.rec.run(trigger="test")  # fixed: the next run cleans up
+        assert report.result == "ok" and len(report.deleted) == 20
+        assert len(env.audit("intent")) == len(env.audit("deleted")) == 20
 
 
-class _BrokenStateDir(StateDir):
-    def append_audit(self, record: Any) -> None:
-        from monitor.errors import StateError
+async def test_disk_full_on_fsync_deletes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def enospc(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-        raise StateError("disk full", path=str(self.path / "audit.jsonl"))
+    async with sim_env(tmp_path) as env:
+        await _run_with_unwritable_audit(env, lambda: monkeypatch.setattr(os, "fsync", enospc))
 
 
 async def test_ledger_failed_late_channels_are_deleted_young(tmp_path: Path) -> None:
@@ -424,7 +445,11 @@ async def test_reconcile_once_reads_the_daemon_ledger(tmp_path: Path) -> None:
             live = await reconcile_once(config, dry_run=False, session=http, clock=clock)
         assert [d["name"] for d in live.deleted] == ["cdp-chat-abc"]
         assert [c.name for c in sim.state.channels.values()] == ["cdp-chat-young"]
-        assert [r["dry_run"] for r in StateDir(state).read_audit()] == [True, False]
+        assert [r["event"] for r in StateDir(state).read_audit()] == [
+            "dry_run",
+            "intent",
+            "deleted",
+        ]
         assert (state / LEDGER_FILE).exists()
         text = format_report(live)
         assert "deleted:" in text and "cdp-chat-abc" in text and "ledger_failed" in text

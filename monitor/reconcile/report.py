@@ -36,6 +36,7 @@ class ReconcileReport:
     not_matching: int = 0
     census: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    error: str | None = None  # why the run as a whole failed (the audit log unwritable)
 
     def as_dict(self) -> dict[str, Any]:
         def capped(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -46,6 +47,7 @@ class ReconcileReport:
             "trigger": self.trigger,
             "dry_run": self.dry_run,
             "result": self.result,
+            "error": self.error,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "listed": self.listed,
@@ -83,7 +85,7 @@ def error_entry(a: Action, text: str) -> dict[str, Any]:
 
 def result_of(report: ReconcileReport) -> str:
     """ok, dry_run, partial or error (RECONCILE_RESULTS)."""
-    if report.census is None:  # never listed the guild
+    if report.census is None or report.error:  # never listed the guild, or could not audit
         return "error"
     if report.dry_run:
         return "error" if report.errors else "dry_run"
@@ -99,6 +101,7 @@ def run_summary(report: ReconcileReport) -> dict[str, Any]:
         "trigger": report.trigger,
         "dry_run": report.dry_run,
         "result": report.result,
+        "error": report.error,
         "started_at": report.started_at,
         "finished_at": report.finished_at,
         "planned": len(report.planned),
@@ -120,6 +123,8 @@ def format_report(report: ReconcileReport) -> str:
     mode = "dry run" if report.dry_run else "live"
     lines = [f"reconcile {report.run_id} ({mode}, trigger {report.trigger}) at {started}"]
     lines.extend(f"note: {n}" for n in report.notes)
+    if report.error:
+        lines.append(f"ERROR: {report.error}")
     if report.census is not None:
         c = report.census
         temp = ", ".join(f"{k} {v}" for k, v in c["temp"].items())
