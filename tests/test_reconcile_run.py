@@ -28,7 +28,9 @@ from monitor.reconcile import Reconciler, format_report
 from monitor.sim.discord import DiscordSimulator, SimSettings
 from monitor.state import StateDir
 from monitor.wiring import reconcile_once
+from tests.daemon_util import fast_config, running_daemon
 from tests.reconcile_util import GUILD, HOUR, MIN, NOW, cfg, ids
+from tests.sim_util import seed
 
 # -- against the simulator -----------------------------------------------------------------------
 
@@ -240,6 +242,29 @@ async def test_concurrent_runs_of_one_mode_share_one_listing(tmp_path: Path) -> 
         assert live.run_id != dry.run_id
         assert sorted(d["id"] for d in live.deleted) == sorted(more)
         assert dry.planned == [] and dry.started_at >= live.finished_at  # type: ignore[operator]
+
+
+async def test_200_concurrent_dry_runs_list_the_guild_at_most_twice(tmp_path: Path) -> None:
+    # Red team: 200 concurrent POST /reconcile sent 129-200 guild listings to Discord.
+    async with sim_env(tmp_path) as env:
+        leaked = await env.seed(1, age=HOUR)
+        reports = await asyncio.gather(
+            *(env.rec.run(dry_run=True, trigger="api") for _ in range(200))
+        )
+        assert env.requests("GET /guilds/{guild_id}/channels") <= 2
+        assert all(sorted(a["id"] for a in r.planned) == sorted(leaked) for r in reports)
+        # Arriving one after another (each run over before the next asks) within the
+        # listing's reuse: still one listing, and a live run after them plans from it too.
+        for _ in range(50):
+            env.clock.advance(0.05)
+            await env.rec.run(dry_run=True, trigger="api")
+        assert env.requests("GET /guilds/{guild_id}/channels") <= 2
+        live = await env.rec.run(trigger="api")
+        assert sorted(d["id"] for d in live.deleted) == sorted(leaked)
+        # Deletions make the listing stale: the next run lists again.
+        before = env.requests("GET /guilds/{guild_id}/channels")
+        await env.rec.run(dry_run=True, trigger="api")
+        assert env.requests("GET /guilds/{guild_id}/channels") == before + 1
 
 
 async def test_listing_failure_is_an_error_report(tmp_path: Path) -> None:
@@ -455,3 +480,25 @@ async def test_reconcile_once_reads_the_daemon_ledger(tmp_path: Path) -> None:
         assert "deleted:" in text and "cdp-chat-abc" in text and "ledger_failed" in text
     finally:
         await sim.stop()
+
+
+async def test_200_concurrent_post_reconcile_list_the_guild_at_most_twice(
+    discord_sim: DiscordSimulator, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # The red team's reproduction, through the control API of a running daemon.
+    await seed(http, discord_sim, count=2, age_seconds=3600)
+    timers = {"interval": "1h", "census_interval": "1h", "list_spacing": "1h"}
+    config = fast_config(discord_sim, tmp_path / "state", reconcile={"enabled": True, **timers})
+    route = ("GET /guilds/{guild_id}/channels", 200)
+    async with running_daemon(config) as daemon:
+        before = discord_sim.state.requests[route]
+        auth = {"Authorization": "Bearer control-secret"}
+
+        async def post() -> int:
+            body = {"dry_run": True}
+            async with http.post(f"{daemon.control_url}/reconcile", json=body, headers=auth) as r:
+                assert (await r.json())["dry_run"] is True
+                return r.status
+
+        assert set(await asyncio.gather(*(post() for _ in range(200)))) == {200}
+        assert discord_sim.state.requests[route] - before <= 2
