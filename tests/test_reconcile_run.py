@@ -502,3 +502,19 @@ async def test_200_concurrent_post_reconcile_list_the_guild_at_most_twice(
 
         assert set(await asyncio.gather(*(post() for _ in range(200)))) == {200}
         assert discord_sim.state.requests[route] - before <= 2
+
+
+async def test_every_delete_that_reaches_discord_was_paced(tmp_path: Path) -> None:
+    # Red team: aiohttp resends an idempotent request once, unseen by the limiter, when
+    # the connection is reset: DELETEs peaked at 45/s against a configured 25/s.
+    async with sim_env(tmp_path) as env:
+        await env.seed(6, age=HOUR)
+        url = f"{env.sim.admin_url}/faults"
+        faults = {"reset_rate": 1.0, "routes": ["DELETE /channels/{channel_id}"]}
+        async with env.http.put(url, json={"rest": faults}) as resp:
+            assert resp.status == 200
+        report = await env.rec.run(trigger="test")
+        assert report.deleted == [] and report.errors
+        received = sum(env.sim.state.requests.values())
+        assert env.requests("DELETE /channels/{channel_id}") > 0
+        assert received == env.rest.stats.sent  # one limiter slot per request Discord saw
