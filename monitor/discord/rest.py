@@ -17,11 +17,11 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 import aiohttp
-from aiohttp import ClientHandlerType, ClientMiddlewareType
 
 from monitor import USER_AGENT
 from monitor.clock import SYSTEM_CLOCK, Clock
 from monitor.config import DiscordConfig
+from monitor.discord.attempts import no_hidden_resend
 from monitor.discord.ratelimit import RateLimiter, Ticket, backoff_delay, major_parameter, parse_429
 from monitor.errors import (
     DiscordConnectionError,
@@ -69,24 +69,6 @@ class _Retry(Exception):
         self.reason = reason
         self.error = error
         self.delay = delay  # None: exponential backoff
-
-
-def _no_hidden_resend() -> ClientMiddlewareType:
-    """aiohttp resends an idempotent request once, by itself, when its connection is
-    reset: an attempt our limiter never paced (DELETEs at 45/s against 25/s). This
-    per-request middleware refuses that resend; our own retry, paced, decides instead."""
-    sent = False
-
-    async def once(
-        req: aiohttp.ClientRequest, handler: ClientHandlerType
-    ) -> aiohttp.ClientResponse:
-        nonlocal sent
-        if sent:
-            raise aiohttp.ServerDisconnectedError("connection lost (not resent unpaced)")
-        sent = True
-        return await handler(req)
-
-    return once
 
 
 class DiscordRestClient:
@@ -236,7 +218,7 @@ class DiscordRestClient:
                     json=json,
                     params=query,
                     timeout=self._timeout,
-                    middlewares=(_no_hidden_resend(),),
+                    middlewares=(no_hidden_resend(),),
                 ) as resp:
                     headers = resp.headers
                     status = resp.status
