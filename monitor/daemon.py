@@ -38,7 +38,7 @@ from monitor.health.probes import (
 )
 from monitor.health.window import Verdict
 from monitor.ledger import RequestLedger
-from monitor.logs import set_secrets, setup_logging
+from monitor.logs import redact, set_secrets, setup_logging
 from monitor.metrics import Metrics
 from monitor.reconcile import Reconciler
 from monitor.state import StateDir
@@ -174,6 +174,9 @@ class Daemon:
     # -- ControlTarget --------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        return redact(self._status())  # Discord or a proxy may echo the token in an error
+
+    def _status(self) -> dict[str, Any]:
         return {
             **self.health.status(self.clock.time()),
             "probes": {name: r.as_dict() for name, r in sorted(self.probe_results.items())},
