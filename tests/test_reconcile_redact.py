@@ -70,6 +70,7 @@ async def test_status_redacts_an_echoed_token(
         async with http.get(f"{daemon.control_url}/status", headers=headers) as resp:
             text = await resp.text()
         assert resp.status == 200 and TOKEN not in text and "Bot ***" in text
+        json.dumps(daemon.status(), allow_nan=False)  # strict JSON
 
 
 async def test_cli_reconcile_redacts_with_the_configs_token(
