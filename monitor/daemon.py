@@ -174,12 +174,9 @@ class Daemon:
     # -- ControlTarget --------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        return redact(self._status())  # Discord or a proxy may echo the token in an error
-
-    def _status(self) -> dict[str, Any]:
         return {
             **self.health.status(self.clock.time()),
-            "probes": {name: r.as_dict() for name, r in sorted(self.probe_results.items())},
+            "probes": redact({n: r.as_dict() for n, r in sorted(self.probe_results.items())}),
             **(
                 self.reconciler.status()
                 if self.reconciler is not None
