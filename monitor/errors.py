@@ -115,5 +115,17 @@ class StateError(MonitorError):
         super().__init__(f"{path}: {message}" if path else message)
 
 
+class PauseNotPersistedError(StateError):
+    """A pause (or resume) took effect in memory but could not be saved: a restart would
+    undo it. The control API answers an error carrying this message."""
+
+    def __init__(self, *, paused: bool, cause: StateError) -> None:
+        self.paused = paused  # the state now in force
+        undo = "lose the pause" if paused else "pause again"
+        done = "paused" if paused else "resumed"
+        super().__init__(f"{done}, but it could not be saved (a restart would {undo}): {cause}")
+        self.path = cause.path
+
+
 class ScenarioError(MonitorError):
     """The demo/bench scenario could not run (a missing dependency, a daemon not starting)."""

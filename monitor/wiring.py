@@ -24,6 +24,7 @@ from monitor.health.owner import Health
 from monitor.health.probes import ProbeContext, ProbeResult, enabled_probes, run_probe
 from monitor.httpserve import Limits, start_site
 from monitor.ledger import LedgerView, RequestLedger
+from monitor.logs import set_secrets
 from monitor.metrics import Metrics
 from monitor.reconcile import Reconciler, ReconcileReport
 from monitor.state import StateDir
@@ -191,6 +192,7 @@ async def reconcile_once(
 ) -> ReconcileReport:
     """One run straight against Discord, without a daemon. Reads the daemon's request
     ledger (read-only) if the state directory has one; writes the audit log there."""
+    set_secrets(config_secrets(config))  # redacted from the report it prints, too
     metrics = Metrics(CollectorRegistry())
     rest = new_rest(config, session=session, metrics=metrics, clock=clock, logger=logger)
     state_dir = StateDir(config.state_dir, logger=logger)

@@ -69,7 +69,7 @@ async def test_post_reconcile_dry_run_then_live_via_control_api(
     audit = [
         json.loads(line) for line in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()
     ]
-    assert sum(1 for a in audit if not a["dry_run"]) == 3
+    assert sum(1 for a in audit if a["event"] == "deleted") == 3
     assert sum(1 for a in audit if a["dry_run"]) == 3
 
 

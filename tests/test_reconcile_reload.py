@@ -117,7 +117,7 @@ CASES: dict[str, Case] = {
     "enabled": Case(False),
     "dry_run": Case(True),
     "interval": Case(100.0, start=startup_run, probe=step_after(200, "closed")),
-    "name_pattern": Case(r"tmp-", channels=[chan(HOUR, "cdp-chat-a"), chan(HOUR, "tmp-b")]),
+    "name_pattern": Case(r"^tmp-", channels=[chan(HOUR, "cdp-chat-a"), chan(HOUR, "tmp-b")]),
     "protected_channel_ids": Case(
         frozenset({PROTECTED}), channels=[chan(HOUR, "cdp-chat-p", cid=PROTECTED)]
     ),

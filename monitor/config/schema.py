@@ -24,10 +24,10 @@ from monitor.config.fields import (
     Int,
     Listen,
     Lowercase,
+    NamePattern,
     Number,
     OptionalToken,
     PositiveDuration,
-    Regex,
     ResolvedPath,
     Size,
     Snowflake,
@@ -208,7 +208,7 @@ class GateConfig(_Section):
 class ReconcileConfig(_Section):
     enabled: bool = True
     interval: PositiveDuration = 300.0
-    name_pattern: Regex = DEFAULT_NAME_PATTERN
+    name_pattern: NamePattern = DEFAULT_NAME_PATTERN
     protected_channel_ids: SnowflakeSet = frozenset()
     min_age: Duration = 600.0
     emergency_min_age: Duration = 120.0

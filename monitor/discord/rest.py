@@ -23,6 +23,7 @@ import aiohttp
 from monitor import USER_AGENT
 from monitor.clock import SYSTEM_CLOCK, Clock
 from monitor.config import DiscordConfig
+from monitor.discord.attempts import no_hidden_resend
 from monitor.discord.ban import BanGate, is_cloudflare_ban
 from monitor.discord.endpoints import Endpoints
 from monitor.discord.ratelimit import RateLimiter, Ticket, backoff_delay, major_parameter, parse_429
@@ -231,6 +232,7 @@ class DiscordRestClient(Endpoints):
                     json=json,
                     params=query,
                     timeout=self._timeout,
+                    middlewares=(no_hidden_resend(),),
                 ) as resp:
                     headers = resp.headers
                     status = resp.status
