@@ -16,6 +16,7 @@ helpers), `limits` (faults and rate limits, the middleware), `rest`, `gateway`, 
 """
 
 from monitor.sim.discord.models import (
+    CozeFaults,
     DEFAULT_ROUTE_LIMITS,
     Channel,
     GatewayFaults,
@@ -31,6 +32,7 @@ from monitor.sim.discord.simulator import DiscordSimulator
 __all__ = [
     "DEFAULT_ROUTE_LIMITS",
     "Channel",
+    "CozeFaults",
     "DiscordSimulator",
     "GatewayFaults",
     "Message",
