@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default="sim-token")
     p.add_argument("--channel-limit", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heartbeat-interval-ms", type=int, default=41_250)
 
     sub.add_parser("demo", help="replay a simulated Discord outage with and without cdp-monitor")
     return parser
@@ -115,7 +116,11 @@ async def _run_sim(args: argparse.Namespace) -> int:
 
     extra = {} if args.guild_id is None else {"guild_id": args.guild_id}
     settings = SimSettings(
-        token=args.token, channel_limit=args.channel_limit, seed=args.seed, **extra
+        token=args.token,
+        channel_limit=args.channel_limit,
+        seed=args.seed,
+        heartbeat_interval_ms=args.heartbeat_interval_ms,
+        **extra,
     )
     stop = _stop_event()
     sim = DiscordSimulator(settings)
@@ -124,6 +129,7 @@ async def _run_sim(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise MonitorError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
     info = sim.urls()
+    info.update(user_token=settings.user_tokens[0], coze_bot_id=str(settings.coze_bot_id))
     emulator = None
     if args.cdp:
         from monitor.sim.cdp import CdpEmulator, CdpSettings
