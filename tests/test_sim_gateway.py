@@ -229,9 +229,7 @@ async def test_identify_faster_than_max_concurrency_is_op9(
     assert body["session_start_limit"]["max_concurrency"] == 1
 
 
-async def bot_get(
-    http: aiohttp.ClientSession, sim: DiscordSimulator, path: str
-) -> tuple[int, Any]:
+async def bot_get(http: aiohttp.ClientSession, sim: DiscordSimulator, path: str) -> tuple[int, Any]:
     headers = {"Authorization": "Bot sim-token", "User-Agent": "DiscordBot (x, 1)"}
     async with http.get(sim.api_base + path, headers=headers) as resp:
         return resp.status, await resp.json()
@@ -253,9 +251,7 @@ async def test_op7_and_op9_faults(
             assert first == {"op": 9, "d": False, "s": None, "t": None}
 
 
-async def test_dispatch_follows_intents(
-    http: aiohttp.ClientSession, sim: DiscordSimulator
-) -> None:
+async def test_dispatch_follows_intents(http: aiohttp.ClientSession, sim: DiscordSimulator) -> None:
     url = sim.gateway_url + QUERY
     async with http.ws_connect(url) as guilds_only, http.ws_connect(url) as messages_only:
         await hello(guilds_only)
