@@ -34,7 +34,9 @@ async def call(
     token: str | None = "sim-token",
 ) -> tuple[int, Any, dict[str, str]]:
     """Send one request to the simulator and validate the exchange against the spec."""
-    headers = {"User-Agent": UA} if token is None else {"Authorization": f"Bot {token}", "User-Agent": UA}
+    headers = (
+        {"User-Agent": UA} if token is None else {"Authorization": f"Bot {token}", "User-Agent": UA}
+    )
     async with http.request(
         method, sim.api_base + path, json=body, params=query, headers=headers
     ) as resp:

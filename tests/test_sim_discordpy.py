@@ -9,13 +9,17 @@ back after it."""
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
-import discord
 import pytest
 import yarl
+
+with warnings.catch_warnings():  # discord.player imports audioop (deprecated in 3.11)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import discord
 from discord.gateway import DiscordWebSocket
 from discord.http import HTTPClient, Route, handle_message_parameters
 

@@ -16,9 +16,9 @@ helpers), `limits` (faults and rate limits, the middleware), `rest`, `gateway`, 
 """
 
 from monitor.sim.discord.models import (
-    CozeFaults,
     DEFAULT_ROUTE_LIMITS,
     Channel,
+    CozeFaults,
     GatewayFaults,
     Message,
     RestFaults,

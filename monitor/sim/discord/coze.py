@@ -59,7 +59,10 @@ class CozePersona:
         steps = max(1, settings.coze_edits)
         cut = [len(text) * (i + 1) // (steps + 1) for i in range(steps + 1)]
         reply = sim.add_message(
-            channel, text[: max(1, cut[0])], author="Coze", author_id=settings.coze_bot_id,
+            channel,
+            text[: max(1, cut[0])],
+            author="Coze",
+            author_id=settings.coze_bot_id,
             reference=prompt.id,
         )
         for end in cut[1:]:
@@ -73,8 +76,12 @@ class CozePersona:
             sim.edit_message(channel, reply)
         if not settings.coze_components_as_edit and channel.id in sim.state.channels:
             sim.add_message(
-                channel, "", author="Coze", author_id=settings.coze_bot_id,
-                reference=prompt.id, components=suggestion_buttons(),
+                channel,
+                "",
+                author="Coze",
+                author_id=settings.coze_bot_id,
+                reference=prompt.id,
+                components=suggestion_buttons(),
             )
 
 

@@ -52,11 +52,10 @@ class DiscordBehaviour:
             self._record("cloudflare-ban", 429)
             return cloudflare_ban(self.sim.state.banned_until - now)
         route = self._route_key(request)
-        if getattr(request.match_info, "http_exception", None) is not None:
-            status = request.match_info.http_exception.status  # type: ignore[attr-defined]
-            if status == 405:
-                answer = error_response(405, 0, "405: Method Not Allowed")
-                return self._finish("unrouted", answer, {})
+        refused = getattr(request.match_info, "http_exception", None)
+        if isinstance(refused, web.HTTPMethodNotAllowed):
+            answer = error_response(405, 0, "405: Method Not Allowed")
+            return self._finish("unrouted", answer, {})
         if route is None:
             return self._finish("unrouted", error_response(404, 0, "404: Not Found"), {})
         if self._blocked_user_agent(request):
@@ -84,7 +83,7 @@ class DiscordBehaviour:
             return self._finish(route, error_response(401, 0, "401: Unauthorized"), {})
         if who not in (None, "bot") and route not in USER_ROUTES:
             return self._finish(route, error_response(403, 50001, "Missing Access"), {})
-        request[WHO] = who
+        request[WHO] = who or ""
         now = self.sim.clock.monotonic()
         limited = self._check_global(now) if who == "bot" else None
         if limited is not None:
@@ -130,7 +129,7 @@ class DiscordBehaviour:
         return None
 
     def _identify(self, request: web.Request) -> str | None:
-        """"bot", "user:<token>", or None for no or a wrong token."""
+        """ "bot", "user:<token>", or None for no or a wrong token."""
         auth = request.headers.get("Authorization", "")
         if auth == f"Bot {self.sim.settings.token}":
             return "bot"
@@ -165,7 +164,7 @@ class DiscordBehaviour:
             return {}, None
         major = request.match_info.get("guild_id") or request.match_info.get("channel_id") or ""
         who = request.get(WHO)
-        key = major if who in (None, "bot") else f"{major}/{who}"  # a user has its own
+        key = major if who in (None, "", "bot") else f"{major}/{who}"  # a user has its own
         bucket = self.sim.state.buckets.setdefault((limit.bucket, key), Bucket())
         if now >= bucket.reset_at:
             bucket.count = 0

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from monitor.sim.discord import shapes
+from monitor.sim.discord.limits import WHO
 from monitor.sim.discord.models import (
     API_PREFIXES,
     CREATABLE_TYPES,
@@ -19,7 +20,6 @@ from monitor.sim.discord.models import (
     form_error,
     inner_errors,
 )
-from monitor.sim.discord.limits import WHO
 from monitor.sim.discord.responses import Answer, discord_json, ratelimited
 
 DAY_S = 86_400.0
