@@ -280,3 +280,26 @@ async def test_dispatch_follows_intents(http: aiohttp.ClientSession, sim: Discor
         assert seen == ["CHANNEL_CREATE", "CHANNEL_UPDATE", "CHANNEL_DELETE"]
         created = await messages_only.receive_json()
         assert created["t"] == "MESSAGE_CREATE" and created["d"]["channel_id"] == cid
+
+
+async def test_privileged_intents_not_allowed_4014(
+    http: aiohttp.ClientSession, sim: DiscordSimulator
+) -> None:
+    async with http.ws_connect(sim.gateway_url + QUERY) as ws:
+        await hello(ws)
+        await identify(ws, intents=GUILDS | (1 << 1))  # GUILD_MEMBERS, not switched on
+        assert await closed_with(ws) == 4014
+
+
+async def test_too_many_payloads_4008(http: aiohttp.ClientSession) -> None:
+    simulator = DiscordSimulator(SimSettings(gateway_send_limit=3))
+    await simulator.start()
+    try:
+        async with http.ws_connect(simulator.gateway_url + QUERY) as ws:
+            await hello(ws)
+            for _ in range(4):
+                await ws.send_json({"op": 1, "d": None})
+            codes = [(await ws.receive()) for _ in range(4)]
+            assert codes[-1].type == aiohttp.WSMsgType.CLOSE and codes[-1].data == 4008
+    finally:
+        await simulator.stop()

@@ -1,8 +1,9 @@
 """The Discord simulator's gateway websocket, run as Discord runs it (discord-api-docs
 docs/topics/Gateway.md, Opcodes_and_Status_Codes.md): query checks (`v` 4012, `encoding`
 json only, `compress=zlib-stream`), HELLO with `_trace`, heartbeats, ACKs and a close
-(4009) for a client that stops heartbeating, IDENTIFY (4004 bad token, 4005 twice, 4010
-bad shard, 4013 bad intents, op 9 when IDENTIFYs come faster than `max_concurrency`)
+(4009) for a client that stops heartbeating, 4008 past 120 payloads a minute, IDENTIFY
+(4004 bad token, 4005 twice, 4010 bad shard, 4013 bad intents, 4014 privileged intents
+not allowed, op 9 when IDENTIFYs come faster than `max_concurrency`)
 answered by READY and GUILD_CREATE, RESUME (replay then RESUMED, op 9 for an unknown
 session), 4003 before IDENTIFY, 4002 undecodable payloads, 4001 unknown opcodes, and
 the gateway faults (refuse, late HELLO, slow or dropped ACKs, close codes, op 7, op 9)."""
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 TRACE = ['["gateway-sim-0",{"micros":0.0}]']
 VERSIONS = ("9", "10")
 HEARTBEAT_GRACE = 1.5  # a client may be this many intervals late before it is dropped
+PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | (1 << 15)  # members, presences, message content
+SEND_WINDOW_S = 60.0
 
 
 class Closed(Exception):
@@ -96,6 +99,7 @@ class _Run:
         self.conn = conn
         self.session: Session | None = None
         self.interval = self.sim.settings.heartbeat_interval_ms / 1000.0
+        self.received: list[float] = []  # loop times of client payloads, for 4008
 
     async def serve(self) -> None:
         faults = self.sim.state.gateway_faults
@@ -117,9 +121,17 @@ class _Run:
             if msg.type == WSMsgType.ERROR:
                 return
             op, d = _decode(msg)
+            self._count_payload(loop.time())
             if op == 1:
                 deadline = loop.time() + self.interval * HEARTBEAT_GRACE
             await self._handle(op, d)
+
+    def _count_payload(self, now: float) -> None:
+        """Discord allows 120 payloads per 60 s per connection and closes with 4008."""
+        self.received = [t for t in self.received if t > now - SEND_WINDOW_S]
+        self.received.append(now)
+        if len(self.received) > self.sim.settings.gateway_send_limit:
+            raise Closed(4008, "Rate limited.")
 
     async def _handle(self, op: int, d: Any) -> None:
         if op == 1:
@@ -158,6 +170,8 @@ class _Run:
         intents = d.get("intents", GUILDS)
         if not isinstance(intents, int) or isinstance(intents, bool) or intents < 0:
             raise Closed(4013, "Invalid intent(s).")
+        if intents & PRIVILEGED_INTENTS & ~self.sim.settings.allowed_privileged_intents:
+            raise Closed(4014, "Disallowed intent(s).")
         shard = _shard(d.get("shard"))
         state = self.sim.state
         if self.sim.state.gateway_faults.invalid_session or not self._may_identify():

@@ -70,6 +70,11 @@ class SimSettings:
     invalid_request_ban_s: float = 3600.0  # Cloudflare bans for about an hour
     max_concurrency: int = 1  # IDENTIFYs per `identify_spacing_s` (Discord: 5 s)
     identify_spacing_s: float = 5.0
+    # Privileged intents the bot is allowed (the developer portal's switches): message
+    # content only, which is not modelled (content is always sent). Members (1 << 1) and
+    # presences (1 << 8) without permission close with 4014, as Discord does.
+    allowed_privileged_intents: int = 1 << 15
+    gateway_send_limit: int = 120  # client payloads per 60 s before 4008
 
 
 @dataclass
