@@ -202,3 +202,26 @@ def _setter(event: asyncio.Event, name: str) -> Any:
 
     handler.__name__ = name
     return handler
+
+
+async def test_client_resumes_after_op7_and_misses_nothing(
+    pointed_at: DiscordSimulator, http: aiohttp.ClientSession
+) -> None:
+    sim = pointed_at
+    await put_faults(http, sim, gateway={"reconnect": True})  # op 7 after READY, RESUMED
+    client = Recorder()
+    resumed = asyncio.Event()
+    client.event(_setter(resumed, "on_resumed"))
+    await client.login("sim-token")
+    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(sim.gateway_url)
+    task = asyncio.create_task(client.connect(reconnect=False))
+    try:
+        await asyncio.wait_for(resumed.wait(), 10)
+        await put_faults(http, sim, gateway={"reconnect": False})
+        await client.http.create_channel(sim.settings.guild_id, 0, name="after-resume")
+        channel = await asyncio.wait_for(client.created.get(), 10)
+        assert channel.name == "after-resume"
+        assert sim.state.gateway["identifies"] == 1 and sim.state.gateway["resumes"] >= 1
+    finally:
+        await client.close()
+        await asyncio.gather(task, return_exceptions=True)

@@ -303,3 +303,17 @@ async def test_too_many_payloads_4008(http: aiohttp.ClientSession) -> None:
             assert codes[-1].type == aiohttp.WSMsgType.CLOSE and codes[-1].data == 4008
     finally:
         await simulator.stop()
+
+
+async def test_resume_with_a_seq_never_sent_4007(
+    http: aiohttp.ClientSession, sim: DiscordSimulator
+) -> None:
+    async with http.ws_connect(sim.gateway_url + QUERY) as ws:
+        await hello(ws)
+        await identify(ws, intents=0)
+        session_id = (await ws.receive_json())["d"]["session_id"]
+    async with http.ws_connect(sim.gateway_url + QUERY) as ws:
+        await hello(ws)
+        resume = {"token": "sim-token", "session_id": session_id, "seq": 99}
+        await ws.send_json({"op": 6, "d": resume})
+        assert await closed_with(ws) == 4007

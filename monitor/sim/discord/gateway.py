@@ -4,8 +4,8 @@ json only, `compress=zlib-stream`), HELLO with `_trace`, heartbeats, ACKs and a 
 (4009) for a client that stops heartbeating, 4008 past 120 payloads a minute, IDENTIFY
 (4004 bad token, 4005 twice, 4010 bad shard, 4013 bad intents, 4014 privileged intents
 not allowed, op 9 when IDENTIFYs come faster than `max_concurrency`)
-answered by READY and GUILD_CREATE, RESUME (replay then RESUMED, op 9 for an unknown
-session), 4003 before IDENTIFY, 4002 undecodable payloads, 4001 unknown opcodes, and
+answered by READY and GUILD_CREATE, RESUME (replay then RESUMED; 4007 for a seq it
+never sent; op 9 for an unknown session or one that missed more than is kept), 4003 before IDENTIFY, 4002 undecodable payloads, 4001 unknown opcodes, and
 the gateway faults (refuse, late HELLO, slow or dropped ACKs, close codes, op 7, op 9)."""
 
 from __future__ import annotations
@@ -208,10 +208,16 @@ class _Run:
         if session is None or self.sim.state.gateway_faults.invalid_session:
             self.conn.send({"op": 9, "d": False, "s": None, "t": None})
             return
+        if not isinstance(seq, int) or seq > session.seq:
+            raise Closed(4007, "Invalid seq.")
+        missed = session.replay_after(seq)
+        if missed and missed[0]["s"] != seq + 1:  # older than what is kept: start anew
+            self.conn.send({"op": 9, "d": False, "s": None, "t": None})
+            return
         self.sim.state.gateway["resumes"] += 1
         if session.conn is not None and session.conn is not self.conn:
             session.conn.abandon()
-        for payload in session.replay_after(seq if isinstance(seq, int) else 0):
+        for payload in missed:
             self.conn.send(payload)
         session.conn = self.conn
         self.session = session
