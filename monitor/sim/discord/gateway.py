@@ -1,12 +1,13 @@
 """The Discord simulator's gateway websocket, run as Discord runs it (discord-api-docs
-docs/topics/Gateway.md, Opcodes_and_Status_Codes.md): query checks (`v` 4012, `encoding`
-json only, `compress=zlib-stream`), HELLO with `_trace`, heartbeats, ACKs and a close
-(4009) for a client that stops heartbeating, 4008 past 120 payloads a minute, IDENTIFY
-(4004 bad token, 4005 twice, 4010 bad shard, 4013 bad intents, 4014 privileged intents
-not allowed, op 9 when IDENTIFYs come faster than `max_concurrency`)
-answered by READY and GUILD_CREATE, RESUME (replay then RESUMED; 4007 for a seq it
-never sent; op 9 for an unknown session or one that missed more than is kept), 4003 before IDENTIFY, 4002 undecodable payloads, 4001 unknown opcodes, and
-the gateway faults (refuse, late HELLO, slow or dropped ACKs, close codes, op 7, op 9)."""
+developers/events/gateway.mdx, developers/topics/opcodes-and-status-codes.mdx): query
+checks (`v` 4012, `encoding` json only, `compress=zlib-stream`), HELLO with `_trace`,
+heartbeats and ACKs, 4009 for a client that stops heartbeating, 4008 past 120 payloads
+a minute, IDENTIFY (4004 bad token, 4005 twice, 4010 bad shard, 4013 bad intents, 4014
+privileged intents not allowed, op 9 when IDENTIFYs come faster than `max_concurrency`)
+answered by READY and GUILD_CREATE, RESUME (replay then RESUMED; 4007 for a seq never
+sent; op 9 for an unknown session or one that missed more than is kept), 4003 before
+IDENTIFY, 4002 undecodable payloads, 4001 unknown opcodes, and the gateway faults
+(refuse, late HELLO, slow or dropped ACKs, close codes, op 7, op 9)."""
 
 from __future__ import annotations
 

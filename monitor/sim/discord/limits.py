@@ -50,7 +50,9 @@ class DiscordBehaviour:
         now = self.sim.clock.monotonic()
         if self.sim.state.banned_until > now:
             self._record("cloudflare-ban", 429)
-            return cloudflare_ban(self.sim.state.banned_until - now)
+            banned = cloudflare_ban(self.sim.state.banned_until - now)
+            banned.headers["Server"] = "cloudflare"
+            return banned
         route = self._route_key(request)
         refused = getattr(request.match_info, "http_exception", None)
         if isinstance(refused, web.HTTPMethodNotAllowed):
@@ -188,6 +190,7 @@ class DiscordBehaviour:
         self, route: str, response: web.StreamResponse, rate_headers: dict[str, str]
     ) -> web.StreamResponse:
         response.headers.update(rate_headers)
+        response.headers["Server"] = "cloudflare"  # Discord's API sits behind Cloudflare
         status = response.status
         self._record(route, status)
         if status in (401, 403) or (
