@@ -317,3 +317,26 @@ async def test_resume_with_a_seq_never_sent_4007(
         resume = {"token": "sim-token", "session_id": session_id, "seq": 99}
         await ws.send_json({"op": 6, "d": resume})
         assert await closed_with(ws) == 4007
+
+
+async def test_rest_message_create_and_edit_are_dispatched(
+    http: aiohttp.ClientSession, sim: DiscordSimulator
+) -> None:
+    [cid] = await seed(http, sim, count=1)
+    headers = {"Authorization": "Bot sim-token", "User-Agent": "DiscordBot (x, 1)"}
+    async with http.ws_connect(sim.gateway_url + QUERY) as ws:
+        await hello(ws)
+        await identify(ws, intents=GUILD_MESSAGES)
+        assert (await ws.receive_json())["t"] == "READY"
+        url = f"{sim.api_base}/channels/{cid}/messages"
+        async with http.post(url, json={"content": "v1"}, headers=headers) as resp:
+            mid = (await resp.json())["id"]
+        async with http.patch(f"{url}/{mid}", json={"content": "v2"}, headers=headers) as resp:
+            assert resp.status == 200
+        created, updated = await ws.receive_json(), await ws.receive_json()
+    assert (created["t"], created["d"]["content"]) == ("MESSAGE_CREATE", "v1")
+    assert (updated["t"], updated["d"]["id"], updated["d"]["content"]) == (
+        "MESSAGE_UPDATE",
+        mid,
+        "v2",
+    )
