@@ -13,6 +13,7 @@ from monitor.sim.discord import DiscordSimulator, RouteLimit, SimSettings
 from tests.helpers.openapi import spec_request, validate_exchange
 from tests.helpers.sim import put_faults, seed
 
+UA = "DiscordBot (https://example.invalid, 1.0)"
 RATE_HEADERS = (
     "X-RateLimit-Limit",
     "X-RateLimit-Remaining",
@@ -33,7 +34,9 @@ async def call(
     token: str | None = "sim-token",
 ) -> tuple[int, Any, dict[str, str]]:
     """Send one request to the simulator and validate the exchange against the spec."""
-    headers = {} if token is None else {"Authorization": f"Bot {token}"}
+    headers = (
+        {"User-Agent": UA} if token is None else {"Authorization": f"Bot {token}", "User-Agent": UA}
+    )
     async with http.request(
         method, sim.api_base + path, json=body, params=query, headers=headers
     ) as resp:
@@ -211,7 +214,7 @@ async def test_channel_limit_30013(
             http, sim, "POST", f"/guilds/{g}/channels", body={"name": "one-more"}
         )
         assert status == 400
-        assert err == {"code": 30013, "message": "Maximum number of guild channels reached (5)"}
+        assert err == {"code": 30013, "message": "Maximum number of server channels reached (5)"}
         assert len(sim.state.channels) == 5
     finally:
         await sim.stop()
@@ -437,7 +440,7 @@ async def test_gateway_hello_ack_identify_ready(
         hello = await ws.receive_json()
         assert hello["op"] == 10 and hello["d"]["heartbeat_interval"] == 41250
         await ws.send_json({"op": 1, "d": None})
-        assert await ws.receive_json() == {"op": 11}
+        assert await ws.receive_json() == {"op": 11, "d": None}
         await ws.send_json({"op": 2, "d": {"token": "sim-token", "intents": 0, "properties": {}}})
         ready = await ws.receive_json()
         assert ready["t"] == "READY" and ready["op"] == 0
