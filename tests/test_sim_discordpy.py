@@ -24,7 +24,7 @@ from discord.gateway import DiscordWebSocket
 from discord.http import HTTPClient, Route, handle_message_parameters
 
 from monitor.sim.discord import DEFAULT_ROUTE_LIMITS, DiscordSimulator, RouteLimit, SimSettings
-from tests.sim_util import put_faults
+from tests.helpers.sim import put_faults
 
 MESSAGES = "POST /channels/{channel_id}/messages"
 

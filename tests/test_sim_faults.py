@@ -13,7 +13,7 @@ import pytest
 
 from monitor.clock import FakeClock
 from monitor.sim.discord import DiscordSimulator, SimSettings
-from tests.sim_util import put_faults, seed
+from tests.helpers.sim import put_faults, seed
 
 UA = "DiscordBot (https://example.invalid, 1.0)"
 BOT = {"Authorization": "Bot sim-token", "User-Agent": UA}

@@ -14,7 +14,7 @@ import pytest
 
 from monitor.clock import FakeClock
 from monitor.sim.discord import DiscordSimulator, SimSettings
-from tests.sim_util import put_faults, seed
+from tests.helpers.sim import put_faults, seed
 
 GUILDS = 1 << 0
 GUILD_MESSAGES = 1 << 9
