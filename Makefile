@@ -6,7 +6,22 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test lint tools demo sim bench clean
 
+# The venv needs Python >= 3.11 with venv and ensurepip (Debian/Ubuntu split them into
+# python3-venv): install that package when we can (root with apt-get), else name it.
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	    echo "make: cdp-monitor needs Python >= 3.11; $(PYTHON) is $$($(PYTHON) -V 2>&1)." \
+	         "On Ubuntu 22.04: see README, 'Python 3.10 (Ubuntu 22.04)'," \
+	         "then run: make PYTHON=python3.11 $(MAKECMDGOALS)" >&2; exit 1; }
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
+	    pkg=python$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv; \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        echo "make: installing Debian's $$pkg (venv and ensurepip)"; \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	            apt-get install -y -qq --no-install-recommends $$pkg >/dev/null; \
+	    else \
+	        echo "make: $(PYTHON) has no venv/ensurepip: sudo apt-get install $$pkg" >&2; exit 1; \
+	    fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
@@ -19,19 +34,20 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check monitor tests bench
 	$(BIN)/mypy
 
-# The deployment tests run the real promtool, prometheus and systemd-analyze: install
+# The deployment tests run the real promtool, prometheus, systemd-analyze and
+# docker-compose (`config` only: no Docker engine needed): install
 # Debian's packages when we can (root with apt-get), else name them and stop.
-TOOL_PACKAGES := prometheus systemd
+TOOL_PACKAGES := prometheus systemd docker-compose
 tools:
 	@missing=""; \
-	for t in promtool prometheus systemd-analyze; do command -v $$t >/dev/null || missing=1; done; \
+	for t in promtool prometheus systemd-analyze docker-compose; do command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	        echo "make: installing Debian packages: $(TOOL_PACKAGES)"; \
 	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	            apt-get install -y -qq --no-install-recommends $(TOOL_PACKAGES) >/dev/null; \
 	    else \
-	        echo "make: the tests need promtool, prometheus and systemd-analyze;" \
+	        echo "make: the tests need promtool, prometheus, systemd-analyze and docker-compose;" \
 	             "install Debian's packages: $(TOOL_PACKAGES) (sudo apt-get install $(TOOL_PACKAGES))" >&2; \
 	        exit 1; \
 	    fi; \

@@ -208,27 +208,27 @@ class Daemon:
 
     def _new_reconciler(self, config: Config) -> Reconciler:
         return new_reconciler(
-            config,
-            rest=self.rest,
-            ledger=self.ledger,
-            state_dir=self.state_dir,
-            metrics=self.metrics,
-            clock=self.clock,
-            logger=self.log,
-        )
+            config, rest=self.rest, ledger=self.ledger, state_dir=self.state_dir,
+            metrics=self.metrics, clock=self.clock, logger=self.log,
+        )  # fmt: skip
 
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the session, start the control API, the gate and every loop."""
+        self.state_dir.lock()
+        try:
+            await self._start()
+        except BaseException:
+            await self._close()  # e.g. a port in use: no unclosed session left behind
+            raise
+
+    async def _start(self) -> None:
         self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
         self._rest = new_rest(
-            self.config,
-            session=self._session,
-            metrics=self.metrics,
-            clock=self.clock,
+            self.config, session=self._session, metrics=self.metrics, clock=self.clock,
             logger=self.log,
-        )
+        )  # fmt: skip
         self._actions = ActionRunner(session=self._session, metrics=self.metrics, logger=self.log)
         self.effects.runner = self._actions
         self._probe_ctx = probe_context(
@@ -260,14 +260,9 @@ class Daemon:
     async def _start_gate(self) -> None:
         self._upstream = new_upstream_session()
         self.gate = new_gate(
-            self.config,
-            health=self.health,
-            metrics=self.metrics,
-            clock=self.clock,
-            logger=self.log,
-            session=self._upstream,
-            ledger=self.ledger,
-        )
+            self.config, health=self.health, metrics=self.metrics, clock=self.clock,
+            logger=self.log, session=self._upstream, ledger=self.ledger,
+        )  # fmt: skip
         self._gate_runner, self.gate_url = await serve(
             self.gate.app(), "gate.listen", self.config.gate.listen_address
         )
@@ -299,6 +294,7 @@ class Daemon:
             if session is not None:
                 await session.close()
         self._upstream = self._session = None
+        self.state_dir.unlock()
 
     def reload(self) -> bool:
         """Parse the config file fully, then swap; on error keep the old config."""
@@ -381,11 +377,14 @@ class Daemon:
         sd_notify(f"READY=1\nSTATUS=breaker {self.breaker.state}", self.environ)
 
 
-async def run_daemon(config_path: Path, *, environ: Mapping[str, str] | None = None) -> None:
-    """`cdp-monitor run`: load config (ConfigError propagates), run until SIGTERM/SIGINT."""
+async def run_daemon(
+    config_path: Path, *, environ: Mapping[str, str] | None = None, log: tuple[str, str] = ("", "")
+) -> None:
+    """`cdp-monitor run` (ConfigError propagates); `log`: the command line's level, format."""
     env = dict(os.environ if environ is None else environ)
     config = load_config(config_path, environ=env)
-    logger = setup_logging(config.log.level, config.log.format, config_secrets(config))
+    level, fmt = log[0] or config.log.level, log[1] or config.log.format
+    logger = setup_logging(level, fmt, config_secrets(config))
     daemon = Daemon(
         config, registry=CollectorRegistry(), logger=logger, config_path=config_path, environ=env
     )
