@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint tools demo sim bench clean
+.PHONY: test lint tools demo sim bench clean constraints
 
 # The venv needs Python >= 3.11 with venv and ensurepip (Debian/Ubuntu split them into
 # python3-venv): install that package when we can (root with apt-get), else name it.
@@ -64,6 +64,16 @@ sim: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/discord_client.py
+
+# The Docker image's pinned dependencies, from a fresh venv holding the project alone.
+constraints:
+	rm -rf build/constraints-venv
+	$(PYTHON) -m venv build/constraints-venv
+	build/constraints-venv/bin/pip install -q .
+	{ echo "# The image's dependencies, pinned: \`make constraints\` regenerates this file from a fresh"; \
+	  echo "# venv holding \`pip install .\` (pip freeze --exclude cdp-monitor). Python 3.11, Linux."; \
+	  build/constraints-venv/bin/pip freeze --exclude cdp-monitor; } > deploy/docker/constraints.txt
+	rm -rf build/constraints-venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
