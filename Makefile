@@ -23,7 +23,7 @@ $(BIN)/python:
 	        echo "make: $(PYTHON) has no venv/ensurepip: sudo apt-get install $$pkg" >&2; exit 1; \
 	    fi; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
