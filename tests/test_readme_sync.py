@@ -23,6 +23,7 @@ _FACTS = {
     "config key": re.compile(rf"`((?:{_SECTIONS})\.[a-z_]+(?:\.[a-z_]+)*|state_dir)\b"),
     "environment variable": re.compile(r"\b((?:CDP_MONITOR|BOT|GUILD|PORT)[A-Z_]*)\b"),
 }
+_NOT_KEYS = {"py", "json", "yml", "yaml", "md", "internal"}
 _SUBCOMMANDS = "run check-config config status pause resume reconcile probe sim demo --help".split()
 
 
