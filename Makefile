@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: test lint tools demo sim bench clean constraints
 
@@ -25,9 +26,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 
+# The demo needs the runtime dependencies only (openai among them); the tests add theirs.
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $(RUN_STAMP)
+
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check monitor tests bench
@@ -56,10 +62,10 @@ tools:
 test: lint tools
 	$(BIN)/pytest
 
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(BIN)/cdp-monitor demo
 
-sim: $(STAMP)
+sim: $(RUN_STAMP)
 	$(BIN)/cdp-monitor sim --cdp
 
 bench: $(STAMP)
