@@ -27,3 +27,11 @@ TEMP_CHANNEL_STATES = ("active", "empty", "stale", "leaked")
 CDP_FAILURE_REASONS = ("timeout", "channel_limit", "retries_exhausted")
 RECONCILE_RESULTS = ("ok", "partial", "error", "dry_run")
 RATELIMIT_SCOPES = ("user", "global", "shared")
+# Why a gateway session connection ended (`cdpmon_gateway_reconnects_total{reason}`).
+SESSION_END_REASONS = (
+    "reconnect",
+    "invalid_session",
+    "heartbeat_timeout",
+    "closed",
+    "connect_failed",
+)
