@@ -69,6 +69,11 @@ class Metrics:
             "Latency of the session's last heartbeat ACK",
             registry=r,
         )
+        self.gateway_session_enabled = Gauge(
+            "cdpmon_gateway_session_enabled",
+            "1 if discord.gateway_session.enabled",
+            registry=r,
+        )
         self.gateway_session_up = Gauge(
             "cdpmon_gateway_session_up", "1 while the gateway session is ready", registry=r
         )

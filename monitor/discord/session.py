@@ -15,7 +15,6 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -32,6 +31,7 @@ from monitor.discord.session_budget import (
     identify_decision,
     identify_wait,
 )
+from monitor.discord.session_conn import Connection, SessionEnd, close_ws
 from monitor.discord.session_live import LiveGuild
 from monitor.discord.session_proto import AfterClose
 from monitor.errors import MonitorError
@@ -52,51 +52,6 @@ class GatewayBotAPI(Protocol):
     def token_invalid(self) -> bool: ...
 
     async def get_gateway_bot(self) -> Any: ...
-
-
-class _End(Exception):
-    """Internal: how one connection ended and what comes next."""
-
-    def __init__(self, reason: str, after: AfterClose, code: int | None = None, detail: str = ""):
-        super().__init__(detail or reason)
-        self.reason, self.after, self.code, self.detail = reason, after, code, detail
-
-
-@dataclass
-class _Connection:
-    """One websocket connection: its zlib context and heartbeat bookkeeping."""
-
-    ws: aiohttp.ClientWebSocketResponse
-    inflate: proto.ZlibStream | None
-    pending: float | None = None  # monotonic time of the unacknowledged heartbeat
-    ended: _End | None = None  # set by the heartbeat task when it closes the socket
-
-    async def send(self, text: str) -> None:
-        try:
-            await self.ws.send_str(text)
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            raise _End("closed", AfterClose.RESUME, self.ws.close_code, f"send: {exc!r}") from exc
-
-    async def receive(self) -> dict[str, Any]:
-        while True:
-            msg = await self.ws.receive()
-            if self.ended is not None:
-                raise self.ended
-            text: str | None
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                text = msg.data
-            elif msg.type is aiohttp.WSMsgType.BINARY and self.inflate is not None:
-                text = self.inflate.feed(msg.data)
-            elif msg.type is aiohttp.WSMsgType.BINARY:
-                raise _End("closed", AfterClose.RESUME, None, "binary frame without compression")
-            else:
-                code = self.ws.close_code
-                raise _End("closed", proto.after_close(code), code, f"closed ({code})")
-            if text is not None:
-                try:
-                    return proto.decode(text)
-                except ValueError as exc:
-                    raise _End("closed", AfterClose.RESUME, None, str(exc)) from None
 
 
 class GatewaySession:
@@ -141,6 +96,12 @@ class GatewaySession:
         self.last_close_code: int | None = None
         self.last_ack_latency: float | None = None
         self.counts = {"identifies": 0, "resumes": 0, "reconnects": 0}
+
+    def reconfigure(self, settings: GatewaySessionConfig, *, rest: GatewayBotAPI) -> None:
+        """A reload: the budget applies from the next decision; `enabled` and the token
+        take effect after a restart."""
+        self.settings = settings
+        self._rest = rest
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -219,7 +180,7 @@ class GatewaySession:
 
     # -- one connection ---------------------------------------------------------------
 
-    async def _connect_once(self) -> _End:
+    async def _connect_once(self) -> SessionEnd:
         resuming = self._resume is not None
         base = self._resume[1] if self._resume is not None else self._base
         assert base is not None
@@ -227,37 +188,39 @@ class GatewaySession:
         try:
             ws = await self._http.ws_connect(url, autoping=True, heartbeat=None, max_msg_size=0)
         except (aiohttp.ClientError, OSError) as exc:
-            return _End("connect_failed", AfterClose.RESUME, None, f"connect: {exc!r}")
-        conn = _Connection(ws, proto.ZlibStream() if self.settings.compress else None)
+            return SessionEnd("connect_failed", AfterClose.RESUME, None, f"connect: {exc!r}")
+        conn = Connection(ws, proto.ZlibStream() if self.settings.compress else None)
         beat: asyncio.Task[None] | None = None
-        end: _End | None = None
+        end: SessionEnd | None = None
         try:
             interval = await self._within(self._hello(conn), self._hello_timeout)
             if interval is None:
-                raise _End("connect_failed", AfterClose.RESUME, None, "no HELLO in time")
+                raise SessionEnd("connect_failed", AfterClose.RESUME, None, "no HELLO in time")
             await self._introduce(conn, resuming)
             beat = asyncio.ensure_future(self._heartbeat(conn, interval))
             while True:
                 await self._handle(conn, await conn.receive())
-        except _End as exc:
+        except SessionEnd as exc:
             end = exc
             return exc
         finally:
             if beat is not None:
                 beat.cancel()
             final = end is not None and end.after is AfterClose.IDENTIFY
-            await _close(ws, proto.CLOSE_FINAL if final else proto.CLOSE_RESUMABLE)
+            await close_ws(ws, proto.CLOSE_FINAL if final else proto.CLOSE_RESUMABLE)
             self._down()
 
-    async def _hello(self, conn: _Connection) -> float:
+    async def _hello(self, conn: Connection) -> float:
         payload = await conn.receive()
         data = payload.get("d")
         interval = data.get("heartbeat_interval") if isinstance(data, dict) else None
         if payload["op"] != proto.OP_HELLO or not isinstance(interval, int | float):
-            raise _End("connect_failed", AfterClose.RESUME, None, f"expected HELLO: {payload!r}")
+            raise SessionEnd(
+                "connect_failed", AfterClose.RESUME, None, f"expected HELLO: {payload!r}"
+            )
         return float(interval) / 1000.0
 
-    async def _introduce(self, conn: _Connection, resuming: bool) -> None:
+    async def _introduce(self, conn: Connection, resuming: bool) -> None:
         if resuming and self._resume is not None:
             await conn.send(proto.resume(self._token, self._resume[0], self._seq))
             return
@@ -273,21 +236,23 @@ class GatewaySession:
             except MonitorError as exc:
                 self._log.error("gateway session: cannot record the IDENTIFY: %s", exc)
 
-    async def _heartbeat(self, conn: _Connection, interval: float) -> None:
+    async def _heartbeat(self, conn: Connection, interval: float) -> None:
         """Beat every `interval` s, the first after a random part of it; an unanswered
         beat at the next one means a zombie connection: close 4000 and RESUME."""
         await self._clock.sleep(interval * self._rand())
         while True:
             if conn.pending is not None:
                 self._sample(False, None)
-                conn.ended = _End("heartbeat_timeout", AfterClose.RESUME, None, "no heartbeat ACK")
-                await _close(conn.ws, proto.CLOSE_RESUMABLE)
+                conn.ended = SessionEnd(
+                    "heartbeat_timeout", AfterClose.RESUME, None, "no heartbeat ACK"
+                )
+                await close_ws(conn.ws, proto.CLOSE_RESUMABLE)
                 return
             conn.pending = self._clock.monotonic()
             await conn.send(proto.heartbeat(self._seq))
             await self._clock.sleep(interval)
 
-    async def _handle(self, conn: _Connection, payload: dict[str, Any]) -> None:
+    async def _handle(self, conn: Connection, payload: dict[str, Any]) -> None:
         op, data = payload["op"], payload.get("d")
         if op == proto.OP_DISPATCH:
             seq = payload.get("s")
@@ -307,10 +272,10 @@ class GatewaySession:
         elif op == proto.OP_HEARTBEAT:
             await conn.send(proto.heartbeat(self._seq))
         elif op == proto.OP_RECONNECT:
-            raise _End("reconnect", AfterClose.RESUME, None, "op 7 RECONNECT")
+            raise SessionEnd("reconnect", AfterClose.RESUME, None, "op 7 RECONNECT")
         elif op == proto.OP_INVALID_SESSION:
             after = AfterClose.RESUME if data is True else AfterClose.IDENTIFY
-            raise _End("invalid_session", after, None, f"op 9 INVALID_SESSION d={data!r}")
+            raise SessionEnd("invalid_session", after, None, f"op 9 INVALID_SESSION d={data!r}")
 
     # -- state changes ----------------------------------------------------------------
 
@@ -332,7 +297,7 @@ class GatewaySession:
         self._metrics.gateway_session_up.set(0)
         self.live.session_down()
 
-    def _ended(self, end: _End) -> None:
+    def _ended(self, end: SessionEnd) -> None:
         self.counts["reconnects"] += 1
         self._metrics.gateway_reconnects.labels(reason=end.reason).inc()
         self.last_close_code = end.code
@@ -397,12 +362,3 @@ class GatewaySession:
             if blocked is None
             else {"reason": blocked.reason, "detail": blocked.detail, "retry_at": blocked.retry_at},
         }
-
-
-async def _close(ws: aiohttp.ClientWebSocketResponse, code: int) -> None:
-    if ws.closed:
-        return
-    try:
-        await asyncio.wait_for(ws.close(code=code), 2.0)
-    except (TimeoutError, aiohttp.ClientError, ConnectionError):
-        pass

@@ -143,7 +143,8 @@ class LiveGuild:
         if cid is None:
             return
         known = cid in self._channels
-        self._channels[cid] = {**self._channels.get(cid, {}), **data}
+        fresh = {"last_message_id": None} if event == "CHANNEL_CREATE" else {}
+        self._channels[cid] = {**fresh, **self._channels.get(cid, {}), **data}
         if event == "CHANNEL_CREATE":
             self.creations.add(cid, now)
         self.publish(now)
