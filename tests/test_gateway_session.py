@@ -48,6 +48,7 @@ class FakeGateway:
         self.channels: list[dict[str, Any]] = []
         self.missed: list[dict[str, Any]] = []  # replayed on RESUME
         self.deflate: Any = None
+        self.close_resumes = False  # answer RESUME with a close instead of op 9
 
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -74,6 +75,8 @@ class FakeGateway:
             ready = {"session_id": sid, "resume_gateway_url": self.url + "/resume"}
             await self.dispatch("READY", ready)
             await self.dispatch("GUILD_CREATE", {"id": str(GUILD), "channels": self.channels})
+        elif op == 6 and self.close_resumes:
+            await self.conns[-1].close(code=4000)
         elif op == 6 and d["session_id"] in self.sessions:
             for event in self.missed:
                 await self.dispatch("CHANNEL_CREATE", event)
@@ -393,5 +396,27 @@ async def test_zlib_stream_transport(
         await until(lambda: session.state == "up")
         assert gateway.queries[0]["compress"] == "zlib-stream"
         assert h.live.synced_from == "gateway"
+    finally:
+        await h.stop()
+
+
+async def test_resumes_that_keep_being_closed_end_in_a_new_session(
+    gateway: FakeGateway, http: aiohttp.ClientSession, tmp_path: Any
+) -> None:
+    clock = ManualClock()
+    h = Harness(gateway, str(tmp_path), clock)
+    session = await h.start(http)
+    try:
+        await gateway.next_op(2)
+        await until(lambda: session.state == "up")
+        gateway.close_resumes = True
+        await gateway.send({"op": 7, "d": None})
+
+        def identified_again() -> bool:
+            clock.advance(1.0)  # through the growing backoff and the IDENTIFY spacing
+            return gateway.ops.count(2) == 2
+
+        await until(identified_again)
+        assert gateway.ops.count(6) == 3
     finally:
         await h.stop()

@@ -43,6 +43,7 @@ _T = TypeVar("_T")
 _PARKED = 3600.0  # a stopped session wakes this often only to stay a live loop
 # Ends that are Discord's routine (op 7, our own zombie detection) are no failure sample.
 _NOT_FAILURES = frozenset({"reconnect", "heartbeat_timeout"})
+_MAX_BAD_RESUMES = 3
 
 
 class GatewayBotAPI(Protocol):
@@ -91,6 +92,8 @@ class GatewaySession:
         self._seq: int | None = None
         self._limit: StartLimit | None = None
         self._failures = 0
+        self._bad_resumes = 0  # RESUMEs answered with a close, not RESUMED, in a row
+        self._resuming = False
         self.blocked: BudgetDecision | None = None
         self.state, self.since = "starting", clock.time()
         self.last_close_code: int | None = None
@@ -221,6 +224,7 @@ class GatewaySession:
         return float(interval) / 1000.0
 
     async def _introduce(self, conn: Connection, resuming: bool) -> None:
+        self._resuming = resuming and self._resume is not None
         if resuming and self._resume is not None:
             await conn.send(proto.resume(self._token, self._resume[0], self._seq))
             return
@@ -287,7 +291,7 @@ class GatewaySession:
             sid, url = data.get("session_id"), data.get("resume_gateway_url")
             if isinstance(sid, str) and isinstance(url, str):
                 self._resume = (sid, url)
-        self._failures = 0
+        self._failures = self._bad_resumes = 0
         self._set_state("up")
         self._metrics.gateway_session_up.set(1)
         self.live.session_up(resumed=resumed)
@@ -312,11 +316,18 @@ class GatewaySession:
             if end.code == proto.AUTH_FAILED:
                 self._metrics.discord_token_invalid.set(1)
             self._stop(why)
-        elif end.after is AfterClose.IDENTIFY:
-            self._resume, self._seq = None, None
-            self._set_state("reconnecting")
         else:
+            self._forget_if_gone(end)
             self._set_state("reconnecting")
+
+    def _forget_if_gone(self, end: SessionEnd) -> None:
+        """Drop the session when Discord says it is gone, or when RESUME keeps being
+        answered with a close (a gateway that will not say op 9): then IDENTIFY."""
+        if self._resuming and self.state != "up" and end.reason == "closed":
+            self._bad_resumes += 1
+        self._resuming = False
+        if end.after is AfterClose.IDENTIFY or self._bad_resumes >= _MAX_BAD_RESUMES:
+            self._resume, self._seq, self._bad_resumes = None, None, 0
 
     def _stop(self, why: str) -> None:
         self._log.error("gateway session stopped: %s", why)
