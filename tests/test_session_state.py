@@ -65,7 +65,11 @@ def test_identify_refused_after_the_daily_maximum_until_the_oldest_leaves_the_da
 
 def test_identify_refused_while_the_start_limit_is_unknown() -> None:
     d = identify_decision(NOW, limit=None, reserve=100, identifies=[], max_per_day=20)
-    assert not d.allowed and d.reason == "unknown" and d.retry_at is not None
+    assert not d.allowed and d.reason == "unknown" and d.retry_at == NOW + 60
+    d = identify_decision(
+        NOW, limit=None, reserve=100, identifies=[], max_per_day=20, unknown_retry=2.0
+    )
+    assert d.retry_at == NOW + 2.0
 
 
 def test_start_limit_from_gateway_bot() -> None:

@@ -91,6 +91,7 @@ class GatewaySession:
         self._resume: tuple[str, str] | None = None  # (session_id, resume_gateway_url)
         self._seq: int | None = None
         self._limit: StartLimit | None = None
+        self._limit_failures = 0
         self._failures = 0
         self._bad_resumes = 0  # RESUMEs answered with a close, not RESUMED, in a row
         self._resuming = False
@@ -134,12 +135,15 @@ class GatewaySession:
             return _PARKED
         now = self._clock.time()
         self._limit = await self._start_limit(now)
+        self._limit_failures = 0 if self._limit is not None else self._limit_failures + 1
         decision = identify_decision(
             now,
             limit=self._limit,
             reserve=self.settings.identify_reserve,
             identifies=self._identifies,
             max_per_day=self.settings.max_identifies_per_day,
+            # A failed GET /gateway/bot (a 429, a blip) is asked again soon, then less often.
+            unknown_retry=min(UNKNOWN_RETRY, 2.0**self._limit_failures),
         )
         if not decision.allowed or self._base is None:
             if decision.allowed:  # no gateway URL known: GET /gateway/bot must answer first

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from monitor.discord.session_proto import IDENTIFY_WINDOW
 
 DAY = 86_400.0
-# Without a known `remaining` (GET /gateway/bot failed) ask again after this long.
+# Without a known `remaining` (GET /gateway/bot failed) ask again after at most this long.
 UNKNOWN_RETRY = 60.0
 
 
@@ -68,8 +68,10 @@ def identify_decision(
     reserve: int,
     identifies: Sequence[float],
     max_per_day: int,
+    unknown_retry: float = UNKNOWN_RETRY,
 ) -> BudgetDecision:
-    """May the daemon IDENTIFY at `now`? `identifies`: its own IDENTIFY times."""
+    """May the daemon IDENTIFY at `now`? `identifies`: its own IDENTIFY times;
+    `unknown_retry`: when to ask again after GET /gateway/bot failed."""
     recent = identifies_within_day(identifies, now)
     if len(recent) >= max_per_day:
         return BudgetDecision(
