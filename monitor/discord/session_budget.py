@@ -85,7 +85,7 @@ def identify_decision(
             False,
             "unknown",
             "session starts left unknown (GET /gateway/bot failed)",
-            now + UNKNOWN_RETRY,
+            now + unknown_retry,
         )
     if limit.remaining < reserve:
         return BudgetDecision(
