@@ -49,8 +49,12 @@ class FakeGateway:
         self.missed: list[dict[str, Any]] = []  # replayed on RESUME
         self.deflate: Any = None
         self.close_resumes = False  # answer RESUME with a close instead of op 9
+        self.refuse = 0  # refuse this many upgrades (HTTP 503)
 
-    async def handler(self, request: web.Request) -> web.WebSocketResponse:
+    async def handler(self, request: web.Request) -> web.StreamResponse:
+        if self.refuse:
+            self.refuse -= 1
+            return web.Response(status=503, text="upstream connect error")
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.paths.append(request.path)
@@ -418,5 +422,27 @@ async def test_resumes_that_keep_being_closed_end_in_a_new_session(
 
         await until(identified_again)
         assert gateway.ops.count(6) == 3
+    finally:
+        await h.stop()
+
+
+async def test_a_refused_connect_backs_off_and_is_a_failure_sample(
+    gateway: FakeGateway, http: aiohttp.ClientSession, tmp_path: Any
+) -> None:
+    clock = ManualClock()
+    gateway.refuse = 2
+    h = Harness(gateway, str(tmp_path), clock)
+    session = await h.start(http)
+    try:
+
+        def identified() -> bool:
+            clock.advance(0.25)
+            return 2 in gateway.ops
+
+        await until(identified)
+        assert [s.ok for s in h.samples][:2] == [False, False]
+        assert 0.5 in clock.sleeps and 1.0 in clock.sleeps  # 1 s base, doubling (jitter 0)
+        assert h.value("cdpmon_gateway_reconnects_total", {"reason": "connect_failed"}) == 2
+        assert session.counts["identifies"] == 1
     finally:
         await h.stop()

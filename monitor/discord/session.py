@@ -192,10 +192,13 @@ class GatewaySession:
         base = self._resume[1] if self._resume is not None else self._base
         assert base is not None
         url = proto.connect_url(base, compress=self.settings.compress)
+        connect = self._http.ws_connect(url, autoping=True, heartbeat=None, max_msg_size=0)
         try:
-            ws = await self._http.ws_connect(url, autoping=True, heartbeat=None, max_msg_size=0)
+            ws = await self._within(connect, self._hello_timeout)
         except (aiohttp.ClientError, OSError) as exc:
             return SessionEnd("connect_failed", AfterClose.RESUME, None, f"connect: {exc!r}")
+        if ws is None:
+            return SessionEnd("connect_failed", AfterClose.RESUME, None, "connect timed out")
         conn = Connection(ws, proto.ZlibStream() if self.settings.compress else None)
         beat: asyncio.Task[None] | None = None
         end: SessionEnd | None = None
@@ -257,7 +260,10 @@ class GatewaySession:
                 await close_ws(conn.ws, proto.CLOSE_RESUMABLE)
                 return
             conn.pending = self._clock.monotonic()
-            await conn.send(proto.heartbeat(self._seq))
+            try:
+                await conn.send(proto.heartbeat(self._seq))
+            except SessionEnd:
+                return  # the socket is going away; the reader sees why
             await self._clock.sleep(interval)
 
     async def _handle(self, conn: Connection, payload: dict[str, Any]) -> None:
