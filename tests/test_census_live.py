@@ -38,6 +38,7 @@ async def test_plans_from_live_state_and_rechecks_each_channel(tmp_path: Path) -
         guild = str(env.sim.settings.guild_id)
         first = await env.seed(3, age=2 * HOUR)
         live.session_up(resumed=False)
+        live.dispatch("GUILD_CREATE", {"id": guild, "channels": []}, env.clock.time())
         census = await rec.census(max_age=0.0)
         assert census.channels == 3 and env.requests(LISTING) == 1
         assert rec.status()["channels"]["source"] == "rest"

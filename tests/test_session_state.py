@@ -227,6 +227,10 @@ def test_live_census_follows_events_after_a_listing() -> None:
     live.session_up(resumed=False)
     old = _channel("general", NOW - 5 * DAY)
     live.snapshot_loaded([old], NOW, "rest")
+    assert not live.current  # READY alone: the guild's events are not flowing yet
+    live.dispatch("GUILD_CREATE", {"id": str(GUILD), "unavailable": True}, NOW)
+    assert not live.current  # an unavailable guild sends no events
+    live.dispatch("GUILD_CREATE", {"id": str(GUILD), "channels": [old]}, NOW)
     assert _gauge(metrics, "cdpmon_guild_channels") == 1
     assert live.current and not live.needs_listing(NOW)
     new = _channel("cdp-chat-2024abc", NOW)

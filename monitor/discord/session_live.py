@@ -67,7 +67,8 @@ class LiveGuild:
         self.rest_synced_at: float | None = None
         self.last_event_at: float | None = None
         self.current = False  # events since the snapshot are complete
-        self._session_up = False
+        self._session_up = False  # the guild's events are flowing
+        self._guild_seen = False  # this session has had GUILD_CREATE for the guild
 
     # -- subscriptions ----------------------------------------------------------------
 
@@ -103,10 +104,13 @@ class LiveGuild:
         self.publish(now)
 
     def session_up(self, *, resumed: bool) -> None:
-        """The session is (again) receiving events. After a RESUME the missed events are
-        replayed, so a synced state stays current; after an IDENTIFY GUILD_CREATE syncs."""
-        self._session_up = True
-        if resumed and self.synced_at is not None:
+        """The session is (again) ready. After a RESUME the missed events are replayed,
+        so the guild's events flow on if they flowed before; after an IDENTIFY they flow
+        only once GUILD_CREATE has brought the guild (an unavailable guild sends none)."""
+        if not resumed:
+            self._guild_seen = False
+        self._session_up = self._guild_seen
+        if self._session_up and self.synced_at is not None:
             self.current = True
 
     def session_down(self) -> None:
@@ -120,7 +124,8 @@ class LiveGuild:
             return
         self.last_event_at = now
         if event == "GUILD_CREATE":
-            if parse_snowflake(data.get("id")) == self.guild_id:
+            if parse_snowflake(data.get("id")) == self.guild_id and not data.get("unavailable"):
+                self._guild_seen = self._session_up = True
                 self.snapshot_loaded(data.get("channels") or [], now, "gateway")
             return
         if parse_snowflake(data.get("guild_id")) != self.guild_id:
