@@ -44,6 +44,7 @@ _PARKED = 3600.0  # a stopped session wakes this often only to stay a live loop
 # Ends that are Discord's routine (op 7, our own zombie detection) are no failure sample.
 _NOT_FAILURES = frozenset({"reconnect", "heartbeat_timeout"})
 _MAX_BAD_RESUMES = 3
+_BUDGET_REASONS = frozenset({"reserve", "daily_max"})
 
 
 class GatewayBotAPI(Protocol):
@@ -182,7 +183,9 @@ class GatewaySession:
                 decision.detail,
             )
         self.blocked = decision
-        self._metrics.gateway_identify_blocked.set(1)
+        # The alert is about the budget; GET /gateway/bot failing is the REST probe's news.
+        budget = decision.reason in _BUDGET_REASONS
+        self._metrics.gateway_identify_blocked.set(1 if budget else 0)
         self._set_state("fallback")
 
     # -- one connection ---------------------------------------------------------------
