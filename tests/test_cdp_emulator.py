@@ -14,7 +14,8 @@ import pytest
 from monitor.health.cdplog import CreateFailure, CreateRetry, RequestOutcome, parse_line
 from monitor.sim.cdp import CdpEmulator, CdpSettings, format_go_duration
 from monitor.sim.discord import DEFAULT_ROUTE_LIMITS, DiscordSimulator, RouteLimit, SimSettings
-from tests.sim_util import seed
+from tests.helpers.sim import clear_faults, put_faults, seed
+from tests.helpers.wait import wait_for
 
 CREATE_ROUTE = "POST /guilds/{guild_id}/channels"
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}]}
@@ -47,25 +48,8 @@ async def make_emu(discord_sim: DiscordSimulator) -> AsyncIterator[MakeEmu]:
         await emu.stop()
 
 
-async def eventually(check: Callable[[], Any], *, within: float = 10.0) -> Any:
-    """Poll until `check()` is truthy (a bounded wait, not a timing assertion)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        assert loop.time() < deadline, "condition never became true"
-        await asyncio.sleep(0.02)
-
-
 def sim_channels(sim: DiscordSimulator, name: str | None = None) -> list[Any]:
     return [c for c in sim.state.channels.values() if name is None or c.name == name]
-
-
-async def put_faults(http: aiohttp.ClientSession, sim: DiscordSimulator, **rest: Any) -> None:
-    async with http.put(sim.admin_url + "/faults", json={"rest": rest}) as resp:
-        assert resp.status == 200, await resp.text()
 
 
 async def cdp_state(http: aiohttp.ClientSession, emu: CdpEmulator) -> dict[str, Any]:
@@ -96,7 +80,7 @@ async def test_chat_creates_posts_and_deletes_the_channel(
     assert body["usage"]["total_tokens"] > 0
     assert (await cdp_state(http, emu))["pending_delete_timers"] == 1
 
-    await eventually(lambda: channel.id not in discord_sim.state.channels)
+    await wait_for(lambda: channel.id not in discord_sim.state.channels, what="channel deleted")
     state = await cdp_state(http, emu)
     assert state["channels_created"] == 1
     assert state["channels_deleted"] == 1
@@ -165,7 +149,7 @@ async def test_timed_out_creates_leak_channels_without_timers(
     make_emu: MakeEmu, discord_sim: DiscordSimulator, http: aiohttp.ClientSession
 ) -> None:
     emu = await make_emu(attempt_timeout=0.3, auto_delete=0.2)
-    await put_faults(http, discord_sim, latency_ms=1000, routes=[CREATE_ROUTE])
+    await put_faults(http, discord_sim, rest={"latency_ms": 1000, "routes": [CREATE_ROUTE]})
     async with http.post(emu.base_url + "/v1/chat/completions", json=CHAT) as resp:
         assert resp.status == 500
         rid = resp.headers["X-Request-Id"]
@@ -185,7 +169,7 @@ async def test_timed_out_creates_leak_channels_without_timers(
 
     # The three abandoned attempts land later, all with the request's name.
     name = f"cdp-chat-{rid.lower()}"
-    await eventually(lambda: len(sim_channels(discord_sim, name)) == 3)
+    await wait_for(lambda: len(sim_channels(discord_sim, name)) == 3, what="3 late channels")
     state = await cdp_state(http, emu)
     assert state["late_channels"] == 3
     assert state["create_timeouts"] == 3
@@ -193,11 +177,11 @@ async def test_timed_out_creates_leak_channels_without_timers(
     assert state["pending_delete_timers"] == 0
 
     # A healthy request afterwards gets its timer and is deleted; the leak stays.
-    await http.delete(discord_sim.admin_url + "/faults")
+    await clear_faults(http, discord_sim)
     async with http.post(emu.base_url + "/v1/chat/completions", json=CHAT) as resp:
         assert resp.status == 200
         ok_name = f"cdp-chat-{resp.headers['X-Request-Id'].lower()}"
-    await eventually(lambda: not sim_channels(discord_sim, ok_name))
+    await wait_for(lambda: not sim_channels(discord_sim, ok_name), what="healthy channel deleted")
     assert len(sim_channels(discord_sim, name)) == 3
 
 
@@ -242,7 +226,7 @@ async def test_max_concurrent_creates_under_concurrent_requests(
     make_emu: MakeEmu, discord_sim: DiscordSimulator, http: aiohttp.ClientSession
 ) -> None:
     emu = await make_emu()
-    await put_faults(http, discord_sim, latency_ms=800, routes=[CREATE_ROUTE])
+    await put_faults(http, discord_sim, rest={"latency_ms": 800, "routes": [CREATE_ROUTE]})
 
     async def chat() -> int:
         async with http.post(emu.base_url + "/v1/chat/completions", json=CHAT) as resp:
@@ -264,7 +248,7 @@ async def test_bucket_lock_serializes_creates_like_discordgo(
     make_emu: MakeEmu, discord_sim: DiscordSimulator, http: aiohttp.ClientSession
 ) -> None:
     emu = await make_emu(bucket_lock=True)
-    await put_faults(http, discord_sim, latency_ms=200, routes=[CREATE_ROUTE])
+    await put_faults(http, discord_sim, rest={"latency_ms": 200, "routes": [CREATE_ROUTE]})
 
     async def chat() -> int:
         async with http.post(emu.base_url + "/v1/chat/completions", json=CHAT) as resp:

@@ -9,7 +9,8 @@ from pathlib import Path
 from monitor.discord.session_creations import CreationWindow
 from monitor.discord.session_live import LiveGuild
 from monitor.reconcile import Reconciler
-from tests.reconcile_util import HOUR
+from tests.helpers.metrics import sample
+from tests.helpers.reconcile import HOUR
 from tests.test_reconcile_run import sim_env
 
 LISTING = "GET /guilds/{guild_id}/channels"
@@ -48,7 +49,7 @@ async def test_plans_from_live_state_and_rechecks_each_channel(tmp_path: Path) -
             name = env.sim.state.channels[int(cid)].name
             raw = {"id": cid, "guild_id": guild, "name": name, "type": 0}
             live.dispatch("CHANNEL_CREATE", raw, env.clock.time())
-        assert env.sample("cdpmon_guild_channels", guild=guild) == 5
+        assert sample(env.metrics.registry, "cdpmon_guild_channels", guild=guild) == 5
         env.clock.advance(120)
         report = await rec.run(trigger="test")
         assert sorted(d["id"] for d in report.deleted) == sorted(first + later)

@@ -10,7 +10,8 @@ import pytest
 
 from monitor.daemon import Daemon
 from monitor.sim.discord import DiscordSimulator, SimSettings
-from tests.daemon_util import fast_config, running_daemon, wait_for
+from tests.helpers.daemon import fast_config, running_daemon
+from tests.helpers.wait import wait_for
 
 
 @pytest.fixture
