@@ -27,13 +27,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 from prometheus_client import CollectorRegistry
 
+from monitor import USER_AGENT
 from monitor.config import Config, parse_config
 from monitor.daemon import Daemon
 from monitor.sim.discord import DiscordSimulator, SimSettings
 from monitor.units import format_duration
+
+LISTING = "GET /guilds/{guild_id}/channels"
 
 
 def config(sim: DiscordSimulator, state_dir: Path, *, session: bool, scale: float) -> Config:
@@ -87,12 +91,40 @@ async def run_one(
         await asyncio.sleep(min(create_every, max(0.0, end - loop.time())))
         sim.add_channel(f"cdp-chat-bench{n}")
         n += 1
-    stop.set()
-    await task
     by_route: Counter[str] = Counter()
     for (route, _status), count in sim.state.requests.items():
         by_route[route] += count
+    # After the count: the bench's own create is not the daemon's traffic.
+    if cfg.discord.gateway_session.enabled:
+        seen = await create_seen_after(sim, daemon)
+        shown = "not within 5 s" if seen is None else f"after {seen * 1000:.1f} ms (real time)"
+        print(f"a channel created over REST by someone else: in cdpmon_guild_channels {shown}")
+    stop.set()
+    await task
     return by_route
+
+
+async def create_seen_after(sim: DiscordSimulator, daemon: Daemon) -> float | None:
+    """Seconds from a REST channel create (with the bot token, as CDP does) until the
+    daemon's `cdpmon_guild_channels` counts it; None if not within 5 s."""
+    guild = str(sim.settings.guild_id)
+
+    def channels() -> float:
+        return daemon.registry.get_sample_value("cdpmon_guild_channels", {"guild": guild}) or 0.0
+
+    before = channels()
+    loop = asyncio.get_running_loop()
+    url = f"{sim.api_base}/guilds/{guild}/channels"
+    headers = {"Authorization": f"Bot {sim.settings.token}", "User-Agent": USER_AGENT}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        started = loop.time()
+        async with http.post(url, json={"name": "cdp-chat-someone-else", "type": 0}) as resp:
+            resp.raise_for_status()
+        while channels() < before + 1:
+            if loop.time() - started > 5.0:
+                return None
+            await asyncio.sleep(0.001)
+    return loop.time() - started
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -130,6 +162,9 @@ def report(with_: Counter[str], without: Counter[str], hours: float) -> None:
         print(f"{route:45} {with_[route] / hours:14.0f} {without[route] / hours:10.0f}")
     total_with, total_without = sum(with_.values()) / hours, sum(without.values()) / hours
     print(f"{'total':45} {total_with:14.0f} {total_without:10.0f}")
+    listed_with, listed_without = with_[LISTING] / hours, without[LISTING] / hours
+    if listed_with:
+        print(f"listings with/without: {listed_with / listed_without:.3f}")
     if total_without:
         print(f"ratio with/without: {total_with / total_without:.2f}")
 
