@@ -289,6 +289,13 @@ def test_needs_listing_at_start_after_a_gap_and_at_the_slow_interval() -> None:
     assert live.current and not live.needs_listing(NOW + 63)
     status = live.status(NOW + 63)
     assert status["source"] == "gateway" and status["rest_synced_at"] == NOW + 62
+    # A new session (the old one was invalidated): GUILD_CREATE, then one REST listing.
+    live.session_down()
+    live.session_up(resumed=False)
+    live.dispatch("GUILD_CREATE", {"id": str(GUILD), "channels": []}, NOW + 70)
+    assert live.current and live.needs_listing(NOW + 70)
+    live.snapshot_loaded([], NOW + 71, "rest")
+    assert not live.needs_listing(NOW + 72)
 
 
 def test_creations_from_the_listing_after_a_gap() -> None:

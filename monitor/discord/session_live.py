@@ -69,6 +69,7 @@ class LiveGuild:
         self.current = False  # events since the snapshot are complete
         self._session_up = False  # the guild's events are flowing
         self._guild_seen = False  # this session has had GUILD_CREATE for the guild
+        self._listing_due = True  # a REST listing since the last gap is still to come
 
     # -- subscriptions ----------------------------------------------------------------
 
@@ -98,6 +99,7 @@ class LiveGuild:
         self.synced_at, self.synced_from = now, source
         if source == "rest":
             self.rest_synced_at = now
+            self._listing_due = False
         # Complete from here on only while events flow (a listing during a gap is not).
         self.current = self._session_up
         self.creations.add_listed(fresh, now)
@@ -107,8 +109,9 @@ class LiveGuild:
         """The session is (again) ready. After a RESUME the missed events are replayed,
         so the guild's events flow on if they flowed before; after an IDENTIFY they flow
         only once GUILD_CREATE has brought the guild (an unavailable guild sends none)."""
-        if not resumed:
+        if not resumed:  # a new session: what happened since the old one is unknown
             self._guild_seen = False
+            self._listing_due = True
         self._session_up = self._guild_seen
         if self._session_up and self.synced_at is not None:
             self.current = True
@@ -162,8 +165,9 @@ class LiveGuild:
     # -- readers ----------------------------------------------------------------------
 
     def needs_listing(self, now: float) -> bool:
-        """A REST listing is due: never synced, a gap in the events, or the slow re-sync."""
-        if not self.current or self.synced_at is None:
+        """A REST listing is due: never synced, events not flowing, a new session since
+        the last listing (a gap RESUME did not replay), or the slow re-sync."""
+        if not self.current or self.synced_at is None or self._listing_due:
             return True
         last_rest = self.rest_synced_at
         return last_rest is None or now - last_rest >= self.resync_interval
