@@ -172,7 +172,7 @@ def test_image_install_step_builds_from_the_copied_files(tmp_path: Path) -> None
     hook = f"from setuptools import build_meta; print(build_meta.build_sdist({str(out)!r}))"
     result = run(sys.executable, "-c", hook, cwd=context)
     assert result.returncode == 0, result.stdout + result.stderr
-    (sdist,) = out.glob("cdp-monitor-*.tar.gz")
+    (sdist,) = out.glob("cdp[-_]monitor-*.tar.gz")  # setuptools >= 69 writes cdp_monitor
     with tarfile.open(sdist) as tar:
         built = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     sources = {str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "monitor").rglob("*.py")}
