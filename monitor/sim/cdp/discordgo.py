@@ -73,6 +73,7 @@ class DiscordgoClient:
         self._buckets: dict[str, Bucket] = {}
         self._global_until = 0.0  # monotonic
         self.lock_order: list[str] = []  # paths in the order their bucket was taken
+        self._calls: set[asyncio.Task[Any]] = set()
 
     async def open(self) -> None:
         # Go's transport has no connection cap; aiohttp's default of 100 would queue
@@ -83,6 +84,11 @@ class DiscordgoClient:
         )
 
     async def close(self) -> None:
+        """The process is gone: its calls in flight die with it."""
+        calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -130,25 +136,24 @@ class DiscordgoClient:
     async def _locked_call(
         self, bucket: Bucket, method: str, path: str, body: dict[str, Any] | None, create: bool
     ) -> tuple[int, str, bytes]:
-        url = self.settings.discord_api_base.rstrip("/") + path
+        """The call with the bucket locked until its headers (or an error) arrive.
+
+        On the 20 s timeout CDP's error comes at once; the request itself is left to
+        finish (the simulator reads a body only after its latency, where Discord had
+        it already), so a create Discord was working on still lands, as it does."""
         shown = f'{go_op(method)} "{SHOWN_API}{path}"'
-        timeout = aiohttp.ClientTimeout(total=self.settings.scaled(self.settings.http_timeout))
-        headers = {"Authorization": f"Bot {self.settings.token}"}
         await bucket.lock.acquire()
-        released = False
+        holder = [bucket.lock]  # emptied when released, once
         try:
             self.lock_order.append(path)
             await self._wait_for_bucket(bucket)
-            with self._counting(create):
-                kwargs: dict[str, Any] = {"headers": headers, "timeout": timeout}
-                if body is not None:
-                    kwargs["json"] = body
-                async with self.session.request(method, url, **kwargs) as resp:
-                    self._update_bucket(bucket, resp.headers)
-                    bucket.lock.release()  # Bucket.Release: at the headers
-                    released = True
-                    raw = await resp.read()
-                    return resp.status, resp.reason or "", raw
+            call = asyncio.get_running_loop().create_task(
+                self._call(bucket, holder, method, path, body, create)
+            )
+            self._calls.add(call)
+            call.add_done_callback(self._call_done)
+            timeout = self.settings.scaled(self.settings.http_timeout)
+            return await asyncio.wait_for(asyncio.shield(call), timeout)
         except TimeoutError:
             raise GoError(
                 f"{shown}: context deadline exceeded (Client.Timeout exceeded while awaiting"
@@ -157,8 +162,32 @@ class DiscordgoClient:
         except aiohttp.ClientError as exc:
             raise GoError(f"{shown}: {exc}") from None
         finally:
-            if not released:
-                bucket.lock.release()
+            _release(holder)
+
+    async def _call(
+        self,
+        bucket: Bucket,
+        holder: list[asyncio.Lock],
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        create: bool,
+    ) -> tuple[int, str, bytes]:
+        url = self.settings.discord_api_base.rstrip("/") + path
+        kwargs: dict[str, Any] = {"headers": {"Authorization": f"Bot {self.settings.token}"}}
+        if body is not None:
+            kwargs["json"] = body
+        with self._counting(create):
+            async with self.session.request(method, url, **kwargs) as resp:
+                self._update_bucket(bucket, resp.headers)
+                _release(holder)  # Bucket.Release: at the headers
+                raw = await resp.read()
+                return resp.status, resp.reason or "", raw
+
+    def _call_done(self, call: asyncio.Task[Any]) -> None:
+        self._calls.discard(call)
+        if not call.cancelled():
+            call.exception()  # an abandoned call's failure is nobody's business
 
     @contextmanager
     def _counting(self, create: bool) -> Iterator[None]:
@@ -200,3 +229,8 @@ class DiscordgoClient:
                 bucket.remaining = int(remaining)
         except ValueError:
             pass  # discordgo returns the parse error; the call itself already happened
+
+
+def _release(holder: list[asyncio.Lock]) -> None:
+    if holder:
+        holder.pop().release()
