@@ -153,7 +153,12 @@ class DiscordgoClient:
             self._calls.add(call)
             call.add_done_callback(self._call_done)
             timeout = self.settings.scaled(self.settings.http_timeout)
-            return await asyncio.wait_for(asyncio.shield(call), timeout)
+            try:
+                return await asyncio.wait_for(asyncio.shield(call), timeout)
+            except TimeoutError:
+                if create:
+                    call.add_done_callback(self._landed)
+                raise
         except TimeoutError:
             raise GoError(
                 f"{shown}: context deadline exceeded (Client.Timeout exceeded while awaiting"
@@ -183,6 +188,16 @@ class DiscordgoClient:
                 _release(holder)  # Bucket.Release: at the headers
                 raw = await resp.read()
                 return resp.status, resp.reason or "", raw
+
+    def _landed(self, call: asyncio.Task[Any]) -> None:
+        """A create CDP gave up on at the client timeout that Discord did make."""
+        if call.cancelled() or call.exception() is not None:
+            return
+        status, _, raw = call.result()
+        if status in (200, 201):
+            stats = self._stats()
+            stats.late_channels += 1
+            stats.late_channel_ids.append(str(json.loads(raw)["id"]))
 
     def _call_done(self, call: asyncio.Task[Any]) -> None:
         self._calls.discard(call)
