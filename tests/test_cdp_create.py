@@ -185,6 +185,7 @@ async def test_a_slow_discord_is_one_20s_error_and_a_late_channel(
     await eventually(lambda: sim_channels(discord_sim, f"cdp-chat-{rid.lower()}"))
     state = await cdp_state(http, emu)
     assert (state["create_attempts"], state["pending_delete_timers"]) == (1, 0)
+    assert state["late_channels"] == 1
 
 
 async def test_three_timed_out_attempts_log_every_retry_and_leave_three_twins(

@@ -168,3 +168,50 @@ async def test_chat_body_is_not_sent_before_the_delete_timer_get(
     assert status == 200
     # By the time the client has its answer, CDP's GET has been answered too.
     assert discord_sim.state.requests[("GET /channels/{channel_id}", 200)] == 1
+
+
+def _sim_command(env: dict[str, str], *args: str) -> list[str]:
+    return [sys.executable, "-m", "monitor", "sim", "--cdp", *args]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DEFAULT_CHANNEL_ENABLE",)}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env.update(extra)
+    return env
+
+
+def test_sim_prints_its_urls_then_cdps_lines_on_stdout_and_stderr(tmp_path: Path) -> None:
+    import json
+    import signal
+    import subprocess
+
+    env = _env(CHANNEL_AUTO_DEL_TIME="0")
+    cmd = _sim_command(env, "--cdp-time-scale", "10", "--cdp-log-dir", str(tmp_path))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert info["cdp_admin_url"] == info["cdp_url"] + "/_cdp"
+        starts = [proc.stdout.readline() for _ in range(3)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert [re.sub(r"\d{4}/\S+ - \S+", "T", x) for x in starts] == [
+        line.format(t="T") + "\n" for line in START
+    ]
+    [log] = tmp_path.iterdir()
+    assert re.fullmatch(r"log-\d{8}\.log", log.name)
+    assert log.read_text().count("[SYS]") == 3
+
+
+def test_sim_exits_1_when_cdp_would_not_start() -> None:
+    import subprocess
+
+    env = _env(DEFAULT_CHANNEL_ENABLE="1")
+    done = subprocess.run(_sim_command(env), env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stdout.endswith("COZE-DISCORD-PROXY v4.6.5 started \n")
+    assert re.fullmatch(r"\[FATAL\] \S+ - \S+ \| \[环境变量 CHANNEL_ID 未设置\] \n", done.stderr)

@@ -29,6 +29,7 @@ from monitor.demo import (
 )
 from monitor.demo.events import BreakerChanged, Event, OutageStarted, Recovered
 from monitor.demo.narration import event_text
+from monitor.demo.settings import cdp_faults
 from monitor.errors import ScenarioError
 from monitor.sim.discord import DiscordSimulator
 from monitor.vocab import CHANNEL_PREFIX
@@ -180,9 +181,22 @@ def test_settings_are_checked(bad: dict[str, object]) -> None:
 async def test_every_outage_kind_is_a_fault_the_simulator_takes(
     kind: str, discord_sim: DiscordSimulator, http: aiohttp.ClientSession
 ) -> None:
-    body = outage_faults(ScenarioSettings(outage_kind=kind))
+    settings = ScenarioSettings(outage_kind=kind)
+    body = outage_faults(settings)
     async with http.put(discord_sim.admin_url + "/faults", json=body) as resp:
         assert resp.status == 200
         faults = await resp.json()
+    if kind == "tokens":  # CDP's own trouble: Discord stays fine
+        assert cdp_faults(settings) == {"user_tokens": []}
+        assert faults["rest"]["latency_ms"] == 0
+        return
+    assert cdp_faults(settings) is None
     assert "POST /guilds/{guild_id}/channels" in faults["rest"]["routes"]
-    assert faults["rest"]["latency_ms"] > ScenarioSettings().attempt_timeout * 1000
+    latency = faults["rest"]["latency_ms"] / 1000
+    if kind == "slow":  # under discordgo's client timeout: a queue, not an error
+        assert latency < settings.http_timeout < settings.attempt_timeout
+        assert latency * 4 > settings.attempt_timeout  # the 4th queued create passes it
+    if kind == "hung":  # past it: a 20 s error, the channel comes later
+        assert latency > settings.http_timeout
+    if kind == "ratelimit":
+        assert faults["rest"]["shared_429_rate"] > 0

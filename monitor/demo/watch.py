@@ -180,6 +180,7 @@ class Watcher:
             snap["requests_in_flight"] == 0
             and snap["creates_in_flight"] == 0
             and snap["pending_delete_timers"] == 0
+            and snap["goroutines"] == 0  # abandoned creates still queued
         )
 
     # -- events from the counters -----------------------------------------------------

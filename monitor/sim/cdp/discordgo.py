@@ -98,6 +98,11 @@ class DiscordgoClient:
         assert self._session is not None, "start() the emulator first"
         return self._session
 
+    @property
+    def pending_calls(self) -> int:
+        """Calls still on their way, those CDP stopped waiting for included."""
+        return len(self._calls)
+
     def bucket(self, path: str) -> Bucket:
         return self._buckets.setdefault(path, Bucket())
 

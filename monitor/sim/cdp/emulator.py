@@ -285,6 +285,11 @@ class CdpEmulator:
             by_path.setdefault(path, {})[str(status)] = n
         timers = sorted(self._process.channels.delete_timers) if self._process else []
         users = len(self._process.conversation.user_auths) if self._process else 0
+        # goroutines still to finish: abandoned creates waiting on the bucket lock, calls
+        proc = self._process
+        goroutines = (
+            len(proc.channels.goroutines) - len(timers) + proc.client.pending_calls if proc else 0
+        )
         counters = {k: v for k, v in vars(s).items() if isinstance(v, int)}
         return {
             **counters,
@@ -295,6 +300,7 @@ class CdpEmulator:
             "pending_delete_timers": len(timers),
             "pending_delete_channel_ids": timers,
             "user_tokens_left": users,
+            "goroutines": goroutines,
         }
 
     def reset_stats(self) -> None:

@@ -139,7 +139,6 @@ class RestApi:
         msg = self.sim.add_message(channel, content, author="bot")
         return web.json_response(self.sim.message_json(msg, channel.id))
 
-
     async def _start_thread(self, request: web.Request) -> web.Response:
         """Start Thread without Message (CDP's /api/thread/create): a public thread under
         the channel; threads do not count toward the guild's channel limit."""
