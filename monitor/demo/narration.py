@@ -31,7 +31,7 @@ from monitor.demo.settings import ScenarioSettings
 from monitor.vocab import CHANNEL_PREFIX
 
 OUTAGE_TEXT: dict[str, str] = {
-    "slow": "each channel creation takes 3/4 of discordgo's 20 s client timeout, "
+    "slow": "each channel creation takes 0.8 of discordgo's 20 s client timeout, "
     "GET /gateway/bot is slow and the gateway sends HELLO late",
     "ratelimit": "a 429 storm on channel creation (discordgo sleeps out every one)",
     "hung": "each channel creation takes longer than discordgo's 20 s client timeout, "

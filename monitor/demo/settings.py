@@ -107,9 +107,9 @@ class ScenarioSettings:
     @property
     def create_latency(self) -> float:
         """How long Discord takes to create a channel during the outage (seconds):
-        `slow` 3/4 of discordgo's timeout (15 s real; a queue of 4 passes 60 s),
+        `slow` 0.8 of discordgo's timeout (16 s real; a queue of 4 passes 60 s),
         `hung` 1.6 times it (32 s real: a 20 s error, the channel comes later)."""
-        factor = {"slow": 0.75, "ratelimit": 0.1, "hung": 1.6, "tokens": 0.0}
+        factor = {"slow": 0.8, "ratelimit": 0.1, "hung": 1.6, "tokens": 0.0}
         return factor[self.outage_kind] * self.http_timeout
 
     @property
@@ -186,8 +186,9 @@ def daemon_config_dict(
         },
         "probes": {
             "gateway": {"interval": "250ms", "timeout": "1s", "slow": "800ms"},
-            # GET /gateway/bot is limited to 5 per 5 s: probe it well inside that.
-            "rest": {"interval": "1500ms", "timeout": "1s", "slow": "800ms"},
+            # GET /gateway/bot is limited to 5 per 5 s: probe it well inside that. Slow
+            # is compressed as CDP's timers are: 300 ms here is 12 s for real.
+            "rest": {"interval": "1500ms", "timeout": "1s", "slow": "300ms"},
             "cdp": {"enabled": True, "interval": "1s", "timeout": "1s"},
         },
         "signals": {"cdp_log": {"enabled": True, "file": str(cdp_log)}, "gate": True},
