@@ -209,6 +209,7 @@ async def test_three_timed_out_attempts_log_every_retry_and_leave_three_twins(
         lambda: len(sim_channels(discord_sim, f"cdp-chat-{rid.lower()}")) == 3, within=15
     )
     assert twins
+    await eventually(lambda: emu.stats.late_channels == 3)  # their answers came back
     state = await cdp_state(http, emu)
     assert state["max_concurrent_creates"] == 1 and state["late_channels"] == 3
 

@@ -265,7 +265,12 @@ def _meaning_with(m: RunResult, s: ScenarioSettings) -> str:
         "the breaker never opened."
         if m.breaker_opened_at is None
         else (
-            f"the breaker opened {m.breaker_opened_at - s.healthy:.1f} s into the outage, "
+            f"the breaker opened only {m.breaker_opened_at - s.recovery_at:.1f} s after "
+            "Discord recovered (its samples lag behind), "
+            if m.breaker_opened_at > s.recovery_at
+            else f"the breaker opened {m.breaker_opened_at - s.healthy:.1f} s into the outage, "
+        )
+        + (
             f"with {m.inflight_at_open} channel-creating requests already in flight; "
             "from then on the gate refused new ones with 503 and Retry-After, which the "
             "clients honoured."

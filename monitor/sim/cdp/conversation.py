@@ -54,6 +54,9 @@ class Reply:
     suggestions: list[str] | None = None  # set on the message with components
 
 
+END = Reply("", "", [])  # the stop signal (ReplyStopChans)
+
+
 def reverse_segment(text: str, size: int = SEGMENT_RUNES) -> list[str]:
     """common.ReverseSegment: parts of `size` runes counted from the end."""
     parts: list[str] = []
@@ -133,11 +136,28 @@ class Conversation:
         self.emu.log("ERR", rid, f"user_auth:{auth} result:{raw.decode('utf-8', 'replace')}")
         raise GoError(f"/api/v9/channels/{channel_id}/messages response myerr")
 
-    async def replies(self, channel_id: str, prompt: str, *, image: bool) -> AsyncIterator[Reply]:
-        """Coze's answer as CDP's gateway handlers would pass it on (emulated persona)."""
+    async def replies(
+        self, channel_id: str, prompt_id: str, prompt: str, *, image: bool
+    ) -> AsyncIterator[Reply]:
+        """Coze's answer as CDP's gateway handlers pass it on; ends at the stop signal."""
+        gateway = self.emu.process.gateway
+        if gateway is None:
+            async for reply in self._persona(channel_id, prompt, image=image):
+                yield reply
+            return
+        queue: asyncio.Queue[Reply] = asyncio.Queue()
+        gateway.waiters[prompt_id] = queue  # registered after the send, as in CDP
+        try:
+            while (reply := await queue.get()) is not END:
+                yield reply
+        finally:
+            gateway.waiters.pop(prompt_id, None)
+
+    async def _persona(self, channel_id: str, prompt: str, *, image: bool) -> AsyncIterator[Reply]:
+        """The emulator playing Coze, for a simulator without the Coze persona."""
         faults = self.emu.coze
         if faults.silence:
-            return
+            await asyncio.Event().wait()  # never: the request's timer ends it
         await asyncio.sleep(self.emu.settings.reply_delay + faults.delay)
         if faults.error:
             text = COZE_ERROR_TEXT
@@ -151,8 +171,8 @@ class Conversation:
             data = await self.emu.process.client.request(
                 "POST", f"/channels/{channel_id}/messages", {"content": text}
             )
-        except GoError:
-            return  # Coze could not answer: the request runs into its timeout
+        except GoError:  # Coze could not answer: the request runs into its timeout
+            await asyncio.Event().wait()
         message_id = str(data["id"])
         steps = self.emu.settings.stream_chunks
         for i in range(1, steps + 1):

@@ -28,6 +28,7 @@ from monitor.sim.cdp.apiroutes import ApiHandlers
 from monitor.sim.cdp.channels import Channels
 from monitor.sim.cdp.conversation import Conversation
 from monitor.sim.cdp.discordgo import DiscordgoClient
+from monitor.sim.cdp.gateway import GatewaySession
 from monitor.sim.cdp.golog import STDERR, CdpLog
 from monitor.sim.cdp.handlers import REQUEST_ID, OpenAiHandlers, json_response
 from monitor.sim.cdp.settings import ID_CHARS, RATE_WINDOW, VERSION, ApiError, CdpSettings, Stats
@@ -49,6 +50,7 @@ class Process:
     channels: Channels
     conversation: Conversation
     session: aiohttp.ClientSession
+    gateway: GatewaySession | None = None
     hits: dict[str, list[float]] = field(default_factory=dict)  # InMemoryRateLimiter
     requests: set[tuple[asyncio.Task[Any], Any]] = field(default_factory=set)
 
@@ -116,6 +118,9 @@ class CdpEmulator:
         session = aiohttp.ClientSession()
         channels = Channels(self, client)
         self._process = Process(client, channels, Conversation(self, session), session)
+        if self.settings.gateway:
+            self._process.gateway = GatewaySession(self, session)
+            channels.go(self._process.gateway.run())
         self._runner, self.port = await start_site(self.app, self.host, port)
         self._log.sys("Environment variable check passed.")
         self._log.sys("Bot is now running. Enjoy It.")
@@ -165,6 +170,11 @@ class CdpEmulator:
     def echo(self) -> None:
         """Write the log lines to this process's stdout/stderr, those so far first."""
         self._log.start_echo()
+
+    def gateway_error(self, message: str) -> None:
+        """discordgo's own log line (stdlib logger, stderr, never in --log-dir)."""
+        stamp = datetime.fromtimestamp(self.clock.time()).strftime("%Y/%m/%d %H:%M:%S")
+        self._log.emit(STDERR, f"{stamp} [DG0] wsapi.go:98:Open() {message}\n", file=False)
 
     def log(self, level: str, request_id: str | None, message: str) -> None:
         self._log.line(level, request_id, message)

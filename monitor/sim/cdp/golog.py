@@ -99,12 +99,12 @@ class CdpLog:
         # Go formats local time without a zone.
         return datetime.fromtimestamp(self.clock.time()).strftime("%Y/%m/%d - %H:%M:%S")
 
-    def emit(self, stream: str, text: str) -> None:
+    def emit(self, stream: str, text: str, *, file: bool = True) -> None:
         """One write of `text` (ending in a newline, as Fprintf writes it)."""
         line = text[:-1] if text.endswith("\n") else text
         self.records.append((stream, line))
         self.lines.append(line)
-        for f in self._files:
+        for f in self._files if file else ():
             f.write(text)
             f.flush()
         if self.echo:

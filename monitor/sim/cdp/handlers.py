@@ -154,13 +154,13 @@ class OpenAiHandlers:
     ) -> web.StreamResponse:
         conversation = self.emu.process.conversation
         try:
-            _, auth = await conversation.send(rid, channel_id, content)
+            prompt_id, auth = await conversation.send(rid, channel_id, content)
         except SendError as exc:
             raise request_error(str(exc)) from None
         stream = bool(body.get("stream"))
         timeout = self._out_time(request, stream)
         model = str(body.get("model") or "")
-        replies = conversation.replies(channel_id, content, image=False)
+        replies = conversation.replies(channel_id, prompt_id, content, image=False)
         if stream:
             return await self._stream(request, rid, replies, timeout, model, content, auth)
         last: dict[str, Any] = _empty_completion()
@@ -218,11 +218,11 @@ class OpenAiHandlers:
             prompt = IMAGE_PROMPT + str(body.get("prompt") or "")
             conversation = self.emu.process.conversation
             try:
-                await conversation.send(rid, channel_id, prompt)
+                prompt_id, _ = await conversation.send(rid, channel_id, prompt)
             except SendError as exc:
                 raise request_error(str(exc)) from None
             timeout = self._out_time(request, False)
-            replies = conversation.replies(channel_id, prompt, image=True)
+            replies = conversation.replies(channel_id, prompt_id, prompt, image=True)
             async for reply in _until(replies, timeout, reset=False):
                 if reply.suggestions is not None and "](" in reply.content:
                     url = reply.content.split("](", 1)[1].rstrip(")")
@@ -317,8 +317,7 @@ async def _until(
             reply = await asyncio.wait_for(iterator.__anext__(), remaining)
         except TimeoutError:
             return
-        except (StopAsyncIteration, GoError):
-            await asyncio.sleep(max(0.0, deadline - loop.time()))  # silence: the timer
+        except StopAsyncIteration:  # the stop signal
             return
         yield reply
         if reset:

@@ -68,7 +68,10 @@ class CdpSettings:
     proxy_secret: str | None = None  # PROXY_SECRET, comma-separated secrets
     only_openai_api: bool = False  # ONLY_OPENAI_API=1
     fatal: str | None = None  # a startup FatalLog found while reading the environment
-    reply_delay: float = 0.5  # the Coze bot thinking (the emulator plays Coze)
+    # Coze's reply over the emulator's own gateway session, from the simulator's Coze
+    # persona; False: the emulator plays Coze itself (a simulator without the persona)
+    gateway: bool = False
+    reply_delay: float = 0.5  # the Coze bot thinking (when the emulator plays Coze)
     stream_chunks: int = 5  # edits of Coze's reply
     stream_chunk_delay: float = 0.05
     restart_delay: float = 1.0  # `restart: always`: seconds before the new process
