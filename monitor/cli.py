@@ -130,7 +130,7 @@ async def _run_sim(args: argparse.Namespace) -> int:
     info = sim.urls()
     emulator = None
     if args.cdp:
-        emulator = await _start_cdp(args, sim, settings)
+        emulator = await _start_cdp(args, sim)
         if emulator is None:
             await sim.stop()
             return EXIT_FAILURE
@@ -146,20 +146,14 @@ async def _run_sim(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _start_cdp(args: argparse.Namespace, sim: Any, settings: Any) -> Any:
+async def _start_cdp(args: argparse.Namespace, sim: Any) -> Any:
     """The CDP emulator, configured by CDP's own environment variables; None when it
     stops at start-up as CDP does (its `[FATAL]` line is on stderr)."""
     from monitor.sim.cdp import CdpEmulator, CdpFatal, CdpSettings
 
     if args.cdp_time_scale <= 0:
         raise UsageError("--cdp-time-scale must be positive")
-    base = CdpSettings(
-        discord_api_base=sim.api_base,
-        guild_id=settings.guild_id,
-        token=settings.token,
-        time_scale=args.cdp_time_scale,
-        log_dir=args.cdp_log_dir,
-    )
+    base = CdpSettings.for_simulator(sim, time_scale=args.cdp_time_scale, log_dir=args.cdp_log_dir)
     emulator = CdpEmulator(base.with_env(os.environ))
     try:
         await emulator.start(args.host, args.cdp_port)

@@ -112,10 +112,8 @@ class _Run:
         cdp_log = self.workdir / "cdp.log"
         cdp_log.touch()
         cdp = self.cdp = CdpEmulator(
-            CdpSettings(
-                discord_api_base=sim.api_base,
-                guild_id=sim.settings.guild_id,
-                token=sim.settings.token,
+            CdpSettings.for_simulator(
+                sim,
                 time_scale=s.time_scale,
                 reply_delay=s.reply_delay,
                 # CHANNEL_AUTO_DEL_TIME in CDP's seconds: `auto_delete` here once scaled

@@ -98,6 +98,26 @@ class CdpSettings:
         if problems:
             raise ValueError("; ".join(problems))
 
+    @classmethod
+    def for_simulator(cls, sim: Any, **overrides: Any) -> CdpSettings:
+        """Settings that talk to a Discord simulator (`DiscordSimulator`, duck-typed): its
+        bot token and, when it has them, its user tokens and Coze persona, whose replies
+        then arrive over the emulator's own gateway session."""
+        values: dict[str, Any] = {
+            "discord_api_base": sim.api_base,
+            "guild_id": sim.settings.guild_id,
+            "token": sim.settings.token,
+        }
+        user_tokens = getattr(sim.settings, "user_tokens", None)
+        if user_tokens and hasattr(sim.settings, "coze_bot_id"):
+            values.update(
+                user_tokens=tuple(user_tokens),
+                coze_bot_id=str(sim.settings.coze_bot_id),
+                gateway=True,
+            )
+        values.update(overrides)
+        return cls(**values)
+
     def scaled(self, seconds: float) -> float:
         """A CDP duration as the emulator waits it."""
         return seconds / self.time_scale
