@@ -147,7 +147,7 @@ async def test_a_reply_over_the_gateway_ends_on_components(
     ) as resp:
         text = (await resp.read()).decode()
     chunks = [json.loads(e.removeprefix("data: ")) for e in text.split("\n\n") if "{" in e]
-    # The components message comes twice (chat.go:336 and :376): once as text, once with
+    # The components message comes twice (discord.go:363 and :395): once as text, once with
     # finish_reason "stop" and nothing new.
     assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["Hel", "lo", " there", ""]
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, None, "stop"]
