@@ -34,6 +34,7 @@ from tests.test_cdp_emulator import (
 
 __all__ = ["make_emu"]
 TS = r"\d{4}/\d\d/\d\d - \d\d:\d\d:\d\d"
+FULL_BODY = '{"message": "Maximum number of server channels reached (500)", "code": 30013}'
 CONFIG_ERROR = (
     b'{"error":{"message":"config error,check logs","type":"request_error","param":"",'
     b'"code":"500"}}'
@@ -142,8 +143,7 @@ async def test_full_guild_with_max_channel_del_type_purges_then_creates_once(
     fake: tuple[FakeDiscord, str], http: aiohttp.ClientSession, kind: str, deleted: list[str]
 ) -> None:
     discord, base = fake
-    full = '{"message": "Maximum number of server channels reached (500)", "code": 30013}'
-    discord.script = [(400, "application/json", full)]
+    discord.script = [(400, "application/json", FULL_BODY)]
     emu = CdpEmulator(
         CdpSettings(
             discord_api_base=base, guild_id=7, reply_delay=0, stay_active_enable="0"
@@ -164,6 +164,41 @@ async def test_full_guild_with_max_channel_del_type_purges_then_creates_once(
     assert [a for a in discord.arrived if a.startswith("POST /guilds")] == [
         "POST /guilds/7/channels"
     ] * 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "channels", "error"),
+    [
+        ("", True, "HTTP 400 Bad Request, " + FULL_BODY),
+        ("ALL", False, "当前Discord服务器频道已满，且无CDP临时频道可删除"),
+    ],
+)
+async def test_full_guild_without_a_purge_is_the_raw_error(
+    fake: tuple[FakeDiscord, str],
+    http: aiohttp.ClientSession,
+    kind: str,
+    channels: bool,
+    error: str,
+) -> None:
+    discord, base = fake
+    discord.script = [(400, "application/json", FULL_BODY)]
+    if not channels:
+        discord.channels = [{"id": "1", "name": "general"}]
+    emu = CdpEmulator(
+        CdpSettings(discord_api_base=base, guild_id=7, stay_active_enable="0").with_env(
+            {"MAX_CHANNEL_DEL_TYPE": kind}
+        )
+    )
+    await emu.start()
+    try:
+        await http.put(emu.admin_url + "/faults", json={"bot": {"models": ["gpt-4o"]}})
+        status, _, raw = await chat(http, emu)
+    finally:
+        await emu.stop()
+    assert (status, raw) == (500, CONFIG_ERROR)
+    # With a bot_config.json CDP logs a creation error twice (chat.go:686 and :179).
+    assert [e.split(" | ", 2)[2] for e in lines(emu, "[ERR]")] == [error + " "] * 2
+    assert discord.deleted == []
 
 
 async def test_a_slow_discord_is_one_20s_error_and_a_late_channel(

@@ -87,7 +87,9 @@ class OpenAiHandlers:
         rid, emu = REQUEST_ID.get(), self.emu
         bot_models = emu.bot_models
         if bot_models is not None and body.get("model", "") not in bot_models | {""}:
-            secret = request.headers.get("Authorization", "").replace("Bearer ", "", 1)
+            # auth.go:45-47 blanked Authorization when no PROXY_SECRET is set
+            header = request.headers.get("Authorization", "") if emu.settings.secrets else ""
+            secret = header.replace("Bearer ", "", 1)
             emu.log(
                 "ERR", rid, f"[proxy-secret:{secret}]+[model:{body.get('model')}]未匹配到有效bot"
             )
