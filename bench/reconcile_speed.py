@@ -152,7 +152,7 @@ async def reconciler_phase(
     left = set(leaked) & {str(c) for c in b.sim.state.channels}
     if left:
         raise RuntimeError(f"{len(left)} leaked channels survived the reconciler")
-    audited = sum(1 for r in state_dir.read_audit() if not r.get("dry_run"))
+    audited = sum(1 for r in state_dir.read_audit() if r["event"] == "deleted")
     return b.measure("reconciler", mark, deleted, seconds, runs), audited
 
 

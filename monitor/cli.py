@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default="sim-token")
     p.add_argument("--channel-limit", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heartbeat-interval-ms", type=int, default=None, help="default: Discord's")
 
     sub.add_parser("demo", help="replay a simulated Discord outage with and without cdp-monitor")
     return parser
@@ -118,6 +119,8 @@ async def _run_sim(args: argparse.Namespace) -> int:
     from monitor.sim.discord import DiscordSimulator, SimSettings
 
     extra = {} if args.guild_id is None else {"guild_id": args.guild_id}
+    if args.heartbeat_interval_ms is not None:
+        extra["heartbeat_interval_ms"] = args.heartbeat_interval_ms
     settings = SimSettings(
         token=args.token, channel_limit=args.channel_limit, seed=args.seed, **extra
     )
@@ -128,6 +131,7 @@ async def _run_sim(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise MonitorError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
     info = sim.urls()
+    info.update(user_token=settings.user_tokens[0], coze_bot_id=str(settings.coze_bot_id))
     emulator = None
     if args.cdp:
         emulator = await _start_cdp(args, sim)

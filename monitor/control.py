@@ -17,10 +17,15 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from monitor.errors import ControlAPIError, MonitorError
-from monitor.units import parse_duration
+from monitor.errors import ControlAPIError, MonitorError, PauseNotPersistedError
+from monitor.httpserve import LIMITS, BodyTimeout, Limits, descriptor_pressure, read_body
+from monitor.units import HostPort, is_loopback_host, parse_duration
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_PAUSE = 30 * 86400.0  # a longer `for` is a typo, and its `until` overflows dates
+MAX_REASON = 500
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class ControlTarget(Protocol):
@@ -64,7 +69,7 @@ async def _json_body(
     request: web.Request, allowed: dict[str, type | tuple[type, ...]]
 ) -> dict[str, Any]:
     """Parse an optional JSON object body, rejecting unknown fields and wrong types."""
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
         return {}
     try:
@@ -82,20 +87,65 @@ async def _json_body(
     return body
 
 
-def _guard(token: str | None) -> Middleware:
-    """Middleware: loopback only without a token; control errors become 400/503."""
+def _host_name(value: str) -> str:
+    """The host of a Host header or an Origin's authority, without port or brackets."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def _origin_host(origin: str) -> str:
+    return _host_name(origin.split("://", 1)[-1].split("/", 1)[0])
+
+
+def _browser_refusal(request: web.Request, hosts: frozenset[str]) -> str | None:
+    """Why a request without a token looks browser-borne (None: it does not).
+
+    Every route: the Host must name this listener (a DNS-rebinding page names its own
+    domain). State changes also need a JSON body and no foreign Origin: a page cannot
+    send `application/json` cross-origin without a CORS preflight we never answer."""
+    host = request.headers.get("Host")
+    if host is not None and _host_name(host) not in hosts:
+        return "Host does not name this listener"
+    if request.method in ("GET", "HEAD"):
+        return None
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return "cross-site request"
+    origin = request.headers.get("Origin")
+    if origin is not None and _origin_host(origin) not in hosts:
+        return "foreign Origin"
+    if request.content_type != "application/json":
+        return "Content-Type must be application/json"
+    return None
+
+
+def _guard(token: str | None, hosts: frozenset[str]) -> Middleware:
+    """Middleware: without a token, loopback clients only and nothing browser-borne;
+    control errors become 400/503 and HTTP errors JSON."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token is None and not _is_loopback(request.remote):
-            # Without a token the API serves loopback only (config also refuses such a listen).
-            return _error(403, "control API without a token serves loopback clients only")
+        if token is None:
+            if not _is_loopback(request.remote):
+                # Without a token the API serves loopback only (config also refuses such a listen).
+                return _error(403, "control API without a token serves loopback clients only")
+            refusal = _browser_refusal(request, hosts)
+            if refusal is not None:
+                return _error(403, refusal)
         try:
             return await handler(request)
-        except BadRequest as exc:
+        except (BadRequest, BodyTimeout) as exc:
             return _error(400, str(exc))
         except Unavailable as exc:
             return _error(503, str(exc))
+        except PauseNotPersistedError as exc:
+            # In force now, lost on a restart: the caller must hear it, not get a 200.
+            return _error(500, str(exc))
+        except web.HTTPException as exc:
+            return _error(exc.status, exc.reason)
+        except (ConnectionError, aiohttp.ClientPayloadError):
+            return _error(400, "the client went away")  # nobody left to read it
 
     return guard
 
@@ -105,7 +155,8 @@ def _needs_token(token: str | None, fn: Handler) -> Handler:
     expected = f"Bearer {token}".encode()
 
     async def wrapper(request: web.Request) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
+        # surrogateescape: a non-ASCII header is a wrong token, not a crash.
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if token is not None and not hmac.compare_digest(given, expected):
             return web.json_response(
                 {"error": "missing or wrong bearer token"},
@@ -126,7 +177,8 @@ class _Handlers:
 
     async def healthz(self, request: web.Request) -> web.Response:
         alive, detail = self._target.liveness()
-        return web.json_response({"ok": alive, **detail}, status=200 if alive else 503)
+        body = {"ok": alive, **detail, "descriptors": descriptor_pressure()}
+        return web.json_response(body, status=200 if alive else 503)
 
     async def readyz(self, request: web.Request) -> web.Response:
         ready = self._target.ready()
@@ -150,7 +202,14 @@ class _Handlers:
                 raise BadRequest(f"for: {exc}") from None
             if duration <= 0:
                 raise BadRequest("for: must be positive")
-        await self._target.pause(duration, body.get("reason"))
+            if duration > MAX_PAUSE:
+                raise BadRequest("for: at most 30d")
+        reason = body.get("reason")
+        if reason is not None and (
+            len(reason) > MAX_REASON or any(not ch.isprintable() for ch in reason)
+        ):
+            raise BadRequest(f"reason: one line of printable text, at most {MAX_REASON} characters")
+        await self._target.pause(duration, reason)
         return web.json_response(self._target.status())
 
     async def resume(self, request: web.Request) -> web.Response:
@@ -165,11 +224,21 @@ class _Handlers:
 
 
 def build_control_app(
-    target: ControlTarget, *, registry: CollectorRegistry, token: str | None
+    target: ControlTarget,
+    *,
+    registry: CollectorRegistry,
+    token: str | None,
+    listen: HostPort | None = None,
+    limits: Limits | None = None,
 ) -> web.Application:
-    """The aiohttp app of the control API."""
+    """The aiohttp app of the control API; `listen` adds its host to the Host names
+    accepted without a token (besides the loopback names)."""
     h = _Handlers(target, registry)
-    app = web.Application(middlewares=[_guard(token)], client_max_size=64 * 1024)
+    hosts = LOOPBACK_NAMES
+    if listen is not None and is_loopback_host(listen.host):
+        hosts = hosts | {listen.host.strip("[]").lower()}
+    app = web.Application(middlewares=[_guard(token, hosts)], client_max_size=64 * 1024)
+    app[LIMITS] = limits or Limits()
     app.router.add_get("/healthz", h.healthz)
     app.router.add_get("/readyz", h.readyz)
     app.router.add_get("/metrics", h.metrics)
@@ -194,7 +263,13 @@ class ControlClient:
         try:
             async with (
                 aiohttp.ClientSession(timeout=timeout) as session,
-                session.request(method, self.base_url + path, json=body, headers=headers) as resp,
+                # A JSON body on every change: the API wants application/json.
+                session.request(
+                    method,
+                    self.base_url + path,
+                    json=None if method == "GET" else body or {},
+                    headers=headers,
+                ) as resp,
             ):
                 text = await resp.text()
                 try:

@@ -38,7 +38,7 @@ from monitor.health.probes import (
 )
 from monitor.health.window import Verdict
 from monitor.ledger import RequestLedger
-from monitor.logs import set_secrets, setup_logging
+from monitor.logs import redact, set_secrets, setup_logging
 from monitor.metrics import Metrics
 from monitor.reconcile import Reconciler
 from monitor.state import StateDir
@@ -176,7 +176,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         return {
             **self.health.status(self.clock.time()),
-            "probes": {name: r.as_dict() for name, r in sorted(self.probe_results.items())},
+            "probes": redact({n: r.as_dict() for n, r in sorted(self.probe_results.items())}),
             **(
                 self.reconciler.status()
                 if self.reconciler is not None

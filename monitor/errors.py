@@ -75,6 +75,18 @@ class DiscordRateLimited(DiscordHTTPError):
         super().__init__(429, **kw)  # type: ignore[arg-type]
 
 
+class DiscordCloudflareBan(DiscordRateLimited):
+    """A 429 from Cloudflare, not from Discord (text body, no ``Via``): our IP is banned.
+
+    Every call of the client fails with it, without sending, until ``until`` (the
+    client's monotonic clock); ``retry_after`` is what was left of the ban when raised.
+    """
+
+    def __init__(self, *, until: float, retry_after: float, **kw: object) -> None:
+        self.until = until
+        super().__init__(retry_after=retry_after, is_global=True, scope="cloudflare", **kw)
+
+
 class DiscordTimeout(DiscordError):
     """No answer within the timeout, through the bounded retries."""
 
@@ -101,6 +113,18 @@ class StateError(MonitorError):
     def __init__(self, message: str, *, path: str = "") -> None:
         self.path = path
         super().__init__(f"{path}: {message}" if path else message)
+
+
+class PauseNotPersistedError(StateError):
+    """A pause (or resume) took effect in memory but could not be saved: a restart would
+    undo it. The control API answers an error carrying this message."""
+
+    def __init__(self, *, paused: bool, cause: StateError) -> None:
+        self.paused = paused  # the state now in force
+        undo = "lose the pause" if paused else "pause again"
+        done = "paused" if paused else "resumed"
+        super().__init__(f"{done}, but it could not be saved (a restart would {undo}): {cause}")
+        self.path = cause.path
 
 
 class ScenarioError(MonitorError):

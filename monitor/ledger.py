@@ -28,7 +28,7 @@ from typing import Any, Literal, Protocol
 
 from monitor.clock import SYSTEM_CLOCK, Clock
 from monitor.errors import StateError
-from monitor.state import StateDir
+from monitor.state import StateDir, past_time
 from monitor.vocab import CHANNEL_PREFIXES
 
 LEDGER_FILE = "ledger.json"
@@ -61,7 +61,9 @@ class LedgerEntry:
         }
 
     @classmethod
-    def from_json(cls, obj: Any) -> LedgerEntry:
+    def from_json(cls, obj: Any, now: float) -> LedgerEntry:
+        """Validated: finite times, none in the future (an entry opened "next month"
+        would protect its channel for a month)."""
         if not isinstance(obj, dict):
             raise ValueError("entry is not an object")
         rid = obj.get("request_id")
@@ -70,18 +72,12 @@ class LedgerEntry:
         state = obj.get("state")
         if state not in LEDGER_STATES:
             raise ValueError(f"state: expected one of {', '.join(LEDGER_STATES)}, got {state!r}")
-        opened_at = _time(obj.get("opened_at"), "opened_at")
+        opened_at = past_time(obj.get("opened_at"), "opened_at", now)
         finished = obj.get("finished_at")
-        finished_at = None if finished is None else _time(finished, "finished_at")
+        finished_at = None if finished is None else past_time(finished, "finished_at", now)
         if state != "open" and finished_at is None:
             raise ValueError(f"finished_at: required for a {state} entry")
         return cls(normalize_request_id(rid), state, opened_at, finished_at)
-
-
-def _time(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{key}: expected a number, got {value!r}")
-    return float(value)
 
 
 def normalize_request_id(request_id: str) -> str:
@@ -277,8 +273,8 @@ class RequestLedger:
         self.writes += 1
 
     def _load(self, state_dir: StateDir) -> None:
-        entries = load_entries(state_dir, logger=self._log)
         now = self._clock.time()
+        entries = load_entries(state_dir, now=now, logger=self._log)
         for entry in entries:
             self._put(entry)
         self.prune(now)
@@ -293,13 +289,17 @@ class RequestLedger:
         """Read `ledger.json` without taking ownership of it (for the one-shot CLI, which
         must not rewrite the running daemon's file)."""
         cutoff = now - retention
-        entries = {e.request_id: e for e in load_entries(state_dir) if e.last_change >= cutoff}
+        loaded = load_entries(state_dir, now=now)
+        entries = {e.request_id: e for e in loaded if e.last_change >= cutoff}
         return LedgerSnapshot(MappingProxyType(entries))
 
 
-def load_entries(state_dir: StateDir, *, logger: logging.Logger = _LOG) -> list[LedgerEntry]:
-    """The entries of `ledger.json` in file order; a corrupt file or entry is logged and
-    skipped (the daemon must start whatever the file holds)."""
+def load_entries(
+    state_dir: StateDir, *, now: float, logger: logging.Logger = _LOG
+) -> list[LedgerEntry]:
+    """The entries of `ledger.json` in file order; a corrupt file or entry (a time later
+    than `now` plus the clock skew included) is logged and skipped (the daemon must start
+    whatever the file holds)."""
     data = state_dir.read_json(LEDGER_FILE)  # logs and returns None if corrupt
     if data is None:
         return []
@@ -309,14 +309,15 @@ def load_entries(state_dir: StateDir, *, logger: logging.Logger = _LOG) -> list[
         return []
     raw = data["entries"]
     out: list[LedgerEntry] = []
-    bad = 0
+    bad, why = 0, ""
     for item in raw:
         try:
-            out.append(LedgerEntry.from_json(item))
-        except ValueError:
+            out.append(LedgerEntry.from_json(item, now))
+        except ValueError as e:
             bad += 1
+            why = str(e)
     if bad:
-        logger.warning("%s: skipped %d malformed entries", LEDGER_FILE, bad)
+        logger.warning("%s: skipped %d malformed entries (%s)", LEDGER_FILE, bad, why)
     return out
 
 

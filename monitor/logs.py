@@ -7,8 +7,10 @@ import logging
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 LOGGER_NAME = "cdp-monitor"
+_V = TypeVar("_V")
 
 
 class RedactFilter(logging.Filter):
@@ -49,6 +51,19 @@ class JsonFormatter(logging.Formatter):
 
 
 _REDACT = RedactFilter(())
+
+
+def redact(value: _V) -> _V:
+    """`value` (text, or JSON-ready lists and dicts of it) with every configured secret
+    replaced by `***`: for what we answer or print, where Discord or a proxy may have
+    echoed the token back into an error message."""
+    if isinstance(value, str):
+        return _REDACT.redact(value)  # type: ignore[return-value]
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}  # type: ignore[return-value]
+    if isinstance(value, list | tuple):
+        return type(value)(redact(v) for v in value)
+    return value
 
 
 def set_secrets(secrets: Iterable[str]) -> None:

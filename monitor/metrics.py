@@ -102,7 +102,7 @@ class Metrics:
         )
         self.discord_ratelimited = Counter(
             "cdpmon_discord_ratelimited",
-            "429 answers from Discord by scope (user, global, shared)",
+            "429 answers from Discord by scope (user, global, shared, cloudflare)",
             ["scope"],
             registry=r,
         )

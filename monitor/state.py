@@ -3,16 +3,24 @@
 Every JSON file is replaced atomically (temp file in the same directory, fsync, rename,
 fsync of the directory), so a crash leaves either the old or the new version. Loading is
 tolerant: a missing file is "absent", a corrupt one is logged and treated as absent;
-the daemon must never fail to start because of a damaged state file.
+the daemon must never fail to start because of a damaged state file. Loading also
+validates: every number finite, no time later than `now` plus `MAX_CLOCK_SKEW` (a
+wall-clock step back or a damaged file must not keep the breaker open for a month). A
+pause whose `since` lies in the future is kept from `now` (the operator's pause outlives
+a bad clock); any other violation resets the record. Everything is written as strict
+JSON (no NaN or Infinity).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
+import math
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,16 +41,54 @@ def _why(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def _number(obj: Mapping[str, Any], key: str) -> float:
-    value = obj.get(key)
+# How far in the future a stored time may lie (clock skew, NTP steps) before it is
+# treated as damage.
+MAX_CLOCK_SKEW = 300.0
+
+
+def finite(value: Any, key: str) -> float:
+    """`value` as a finite float; ValueError for anything else (bool, NaN, Infinity)."""
     # bool is an int subclass; a boolean timestamp is corruption, not a number.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{key}: expected a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{key}: expected a finite number, got {value!r}")
     return float(value)
+
+
+def past_time(value: Any, key: str, now: float) -> float:
+    """A stored time: finite and not later than `now` + MAX_CLOCK_SKEW."""
+    t = finite(value, key)
+    if t > now + MAX_CLOCK_SKEW:
+        raise ValueError(f"{key}: {t:.0f} is {t - now:.0f}s in the future")
+    return t
+
+
+def _number(obj: Mapping[str, Any], key: str) -> float:
+    return finite(obj.get(key), key)
 
 
 def _optional_number(obj: Mapping[str, Any], key: str) -> float | None:
     return None if obj.get(key) is None else _number(obj, key)
+
+
+def _optional_past(obj: Mapping[str, Any], key: str, now: float) -> float | None:
+    return None if obj.get(key) is None else past_time(obj.get(key), key, now)
+
+
+def _check_strict(value: Any, key: str) -> None:
+    """ValueError if `value` holds a NaN or an infinity anywhere (not strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key}: {value!r} is not a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_strict(v, f"{key}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_strict(v, f"{key}[{i}]")
+
+
+def strict_dumps(obj: Any, **kw: Any) -> str:
+    """json.dumps refusing NaN and Infinity (ValueError), which strict parsers reject."""
+    return json.dumps(obj, allow_nan=False, **kw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +134,8 @@ class BreakerRecord:
         }
 
     @classmethod
-    def from_json(cls, obj: Any) -> BreakerRecord:
+    def from_json(cls, obj: Any, now: float) -> BreakerRecord:
+        """Validated: finite numbers, no time in the future (ValueError otherwise)."""
         if not isinstance(obj, dict):
             raise ValueError("expected an object")
         state = obj.get("state")
@@ -100,12 +147,13 @@ class BreakerRecord:
         last = obj.get("last_transition")
         if last is not None and not isinstance(last, dict):
             raise ValueError("last_transition: expected an object or null")
+        _check_strict(last, "last_transition")
         return cls(
             state=state,
-            since=_number(obj, "since"),
+            since=past_time(obj.get("since"), "since", now),
             trips=trips,
-            opened_at=_optional_number(obj, "opened_at"),
-            closed_since=_optional_number(obj, "closed_since"),
+            opened_at=_optional_past(obj, "opened_at", now),
+            closed_since=_optional_past(obj, "closed_since", now),
             last_transition=last,
         )
 
@@ -159,7 +207,10 @@ class StateDir:
         """Replace `name` atomically with `obj` as JSON; raises StateError on I/O failure."""
         target = self._file(name)
         # Serialize first: an unserializable object must not leave a temp file behind.
-        data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        try:
+            data = (strict_dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        except ValueError as e:  # a NaN: a bug upstream, but never a non-standard file
+            raise StateError(f"cannot serialise: {e}", path=str(target)) from e
         try:
             fd, tmp = tempfile.mkstemp(dir=self._path, prefix=f".{name}.", suffix=".tmp")
         except OSError as e:
@@ -200,8 +251,18 @@ class StateDir:
 
     # -- pause ------------------------------------------------------------------------
 
-    def load_pause(self) -> PauseRecord | None:
-        return self._load(PAUSE_FILE, PauseRecord.from_json)
+    def load_pause(self, now: float | None = None) -> PauseRecord | None:
+        """The saved pause, validated against `now` (default: the wall clock)."""
+        at = time.time() if now is None else now
+        pause = self._load(PAUSE_FILE, PauseRecord.from_json)
+        if pause is not None and pause.since > at + MAX_CLOCK_SKEW:
+            self._log.warning(
+                "state file %s: the pause starts %.0fs in the future; counting it from now",
+                PAUSE_FILE,
+                pause.since - at,
+            )
+            pause = dataclasses.replace(pause, since=at)
+        return pause
 
     def save_pause(self, pause: PauseRecord | None) -> None:
         """Persist the pause; None clears it."""
@@ -212,8 +273,10 @@ class StateDir:
 
     # -- breaker history --------------------------------------------------------------
 
-    def load_breaker(self) -> BreakerRecord | None:
-        return self._load(BREAKER_FILE, BreakerRecord.from_json)
+    def load_breaker(self, now: float | None = None) -> BreakerRecord | None:
+        """The saved breaker history, validated against `now` (default: the wall clock)."""
+        at = time.time() if now is None else now
+        return self._load(BREAKER_FILE, lambda obj: BreakerRecord.from_json(obj, at))
 
     def save_breaker(self, record: BreakerRecord) -> None:
         self.write_json(BREAKER_FILE, record.to_json())
@@ -225,15 +288,19 @@ class StateDir:
         try:
             return parse(obj)
         except ValueError as e:
-            self._log.warning("state file %s has unexpected content, ignoring it: %s", name, e)
+            self._log.warning("state file %s has unexpected content, resetting it: %s", name, e)
             return None
 
     # -- audit log --------------------------------------------------------------------
 
     def append_audit(self, record: Mapping[str, Any]) -> None:
         """Append one JSON line to audit.jsonl, flushed and fsynced before returning."""
-        line = (json.dumps(dict(record), sort_keys=True, separators=(",", ":")) + "\n").encode()
         target = self._file(AUDIT_FILE)
+        try:
+            text = strict_dumps(dict(record), sort_keys=True, separators=(",", ":"))
+        except ValueError as e:
+            raise StateError(f"cannot serialise audit record: {e}", path=str(target)) from e
+        line = (text + "\n").encode()
         try:
             fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:

@@ -28,4 +28,5 @@ TEMP_CHANNEL_STATES = ("active", "empty", "stale", "leaked")
 # sees the first event.
 CDP_FAILURE_REASONS = ("timeout", "channel_limit", "retries_exhausted")
 RECONCILE_RESULTS = ("ok", "partial", "error", "dry_run")
-RATELIMIT_SCOPES = ("user", "global", "shared")
+# "cloudflare": a ban-shaped 429 (no JSON, no Via) from Cloudflare in front of Discord.
+RATELIMIT_SCOPES = ("user", "global", "shared", "cloudflare")

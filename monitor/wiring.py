@@ -22,8 +22,9 @@ from monitor.health.cdplog import follow_command, follow_file
 from monitor.health.effects import TransitionEffects
 from monitor.health.owner import Health
 from monitor.health.probes import ProbeContext, ProbeResult, enabled_probes, run_probe
-from monitor.httpserve import start_site
+from monitor.httpserve import Limits, start_site
 from monitor.ledger import LedgerView, RequestLedger
+from monitor.logs import set_secrets
 from monitor.metrics import Metrics
 from monitor.reconcile import Reconciler, ReconcileReport
 from monitor.state import StateDir
@@ -161,10 +162,13 @@ def control_app(
     config: Config, target: ControlTarget, *, registry: CollectorRegistry
 ) -> web.Application:
     token = config.control.token
+    c = config.control
     return build_control_app(
         target,
         registry=registry,
         token=token.get_secret_value() if token is not None else None,
+        listen=c.listen_address,
+        limits=Limits(c.header_timeout, c.body_timeout, c.idle_timeout, c.max_connections),
     )
 
 
@@ -188,6 +192,7 @@ async def reconcile_once(
 ) -> ReconcileReport:
     """One run straight against Discord, without a daemon. Reads the daemon's request
     ledger (read-only) if the state directory has one; writes the audit log there."""
+    set_secrets(config_secrets(config))  # redacted from the report it prints, too
     metrics = Metrics(CollectorRegistry())
     rest = new_rest(config, session=session, metrics=metrics, clock=clock, logger=logger)
     state_dir = StateDir(config.state_dir, logger=logger)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -11,13 +12,14 @@ from prometheus_client import CollectorRegistry
 
 from monitor.clock import FakeClock
 from monitor.config import parse_config
-from monitor.errors import StateError
+from monitor.errors import PauseNotPersistedError, StateError
 from monitor.health.breaker import BreakerSettings, HealthBreaker, open_duration
 from monitor.health.effects import TransitionEffects
 from monitor.health.owner import Health
 from monitor.health.window import Sample, SampleWindow, evaluate, window_settings
 from monitor.metrics import Metrics
 from monitor.state import StateDir
+from tests.helpers.metrics import sample
 
 T0 = 1_700_000_000.0
 # The daemon's own defaults (monitor.yaml), so the product ships what is tested here.
@@ -436,7 +438,7 @@ def test_corrupt_breaker_file_starts_fresh(
     assert "breaker.json" in caplog.text and "pause.json" in caplog.text
 
 
-def test_persistence_failure_is_logged_not_raised(
+def test_persistence_failure_is_logged_and_a_pause_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     sd = StateDir(tmp_path)
@@ -447,10 +449,124 @@ def test_persistence_failure_is_logged_not_raised(
 
     monkeypatch.setattr(sd, "write_json", disk_full)
     with caplog.at_level(logging.ERROR, logger="monitor.health.breaker"):
-        assert b.record(True, T0) == "open"
-        b.pause(T0 + 1, reason="x")
+        assert b.record(True, T0) == "open"  # a machine transition: logged only
+        with pytest.raises(PauseNotPersistedError, match="a restart would lose the pause"):
+            b.pause(T0 + 1, reason="x")
     assert b.state == "forced_open"
+    assert b.paused == {"reason": "x", "until": None, "persisted": False}
     assert "cannot persist breaker state" in caplog.text
+
+
+def _break(state: Path) -> None:
+    """A file where the state directory should be: every write fails (even as root)."""
+    shutil.rmtree(state)
+    state.write_text("not a directory")
+
+
+def test_a_pause_that_cannot_be_saved_is_an_error_and_says_so(tmp_path: Path) -> None:
+    # Red team: a pause that could not be saved answered 200 and was gone after a restart.
+    state = tmp_path / "state"
+    sd = StateDir(state)
+    b, _ = new_breaker(state_dir=sd)
+    _break(state)
+    with pytest.raises(PauseNotPersistedError) as err:
+        b.pause(T0 + 1, reason="incident", until=T0 + 600)
+    assert "not a directory" in str(err.value).lower() and err.value.paused
+    # In force (the safer side), but nothing claims it would survive a restart.
+    assert not b.allows_create(T0 + 2)
+    assert b.paused == {"reason": "incident", "until": T0 + 600, "persisted": False}
+    state.unlink()
+    assert HealthBreaker(SETTINGS, state_dir=StateDir(state), now=T0 + 3).paused is None
+
+
+def test_a_resume_that_cannot_be_saved_is_an_error(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    sd = StateDir(state)
+    b, _ = new_breaker(state_dir=sd)
+    b.pause(T0 + 1, reason="incident")
+    (state / "pause.json").rename(tmp_path / "saved-pause.json")
+    _break(state)
+    with pytest.raises(PauseNotPersistedError, match="a restart would pause again") as err:
+        b.resume(T0 + 2)
+    assert not err.value.paused and b.state == "closed"
+
+
+def test_resume_closes_a_machine_open_breaker(tmp_path: Path) -> None:
+    b, rec = new_breaker(state_dir=StateDir(tmp_path))
+    b.record(True, T0)
+    assert b.state == "open" and not b.allows_create(T0 + 1)
+    assert b.resume(T0 + 1)
+    assert b.state == "closed" and b.allows_create(T0 + 1)
+    assert rec.seen[-1] == ("open", "closed", "resumed by operator", T0 + 1)
+    assert HealthBreaker(SETTINGS, state_dir=StateDir(tmp_path), now=T0 + 2).state == "closed"
+    assert not b.resume(T0 + 2)  # nothing to do
+
+
+def test_health_resume_closes_a_stuck_breaker_and_judges_at_once() -> None:
+    clock = FakeClock(T0)
+    health = Health(HEALTH, SETTINGS, evaluate_interval=1.0, clock=clock)
+    health.breaker.record(True, T0)
+    assert health.resume(T0 + 1) and health.breaker.state == "closed"
+    assert health.evaluate(T0 + 1).unstable is False  # no samples: stays closed
+    assert health.breaker.state == "closed"
+    for i in range(20):  # Discord still failing: the judgement reopens it at once
+        health.add_sample(Sample("rest", T0 + 2 + i * 0.1, False, 0.1))
+    health.evaluate(T0 + 5)
+    assert health.breaker.state == "open"
+    assert health.resume(T0 + 6) and health.breaker.state == "open"
+
+
+def _write_breaker(path: Path, **fields: object) -> None:
+    record = {"state": "open", "since": T0, "trips": 1, "opened_at": T0, **fields}
+    path.write_text(json.dumps(record))
+
+
+def test_opened_at_30_days_ahead_is_reset_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Red team: a breaker.json with opened_at 30 days ahead refused creates for 30 days.
+    _write_breaker(tmp_path / "breaker.json", opened_at=T0 + 30 * 86400)
+    with caplog.at_level(logging.WARNING):
+        b = HealthBreaker(SETTINGS, state_dir=StateDir(tmp_path), now=T0)
+    assert b.state == "closed" and b.allows_create(T0)
+    assert "opened_at" in caplog.text and "in the future" in caplog.text
+
+
+def test_a_small_skew_is_tolerated(tmp_path: Path) -> None:
+    _write_breaker(tmp_path / "breaker.json", since=T0 + 60, opened_at=T0 + 60)
+    b = HealthBreaker(SETTINGS, state_dir=StateDir(tmp_path), now=T0)
+    assert b.state == "open" and b.retry_at == T0 + 120
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_reset_and_status_stays_strict_json(
+    tmp_path: Path, bad: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = {"state": "open", "since": T0, "trips": 1, "opened_at": T0}
+    for key in ("since", "opened_at", "trips"):
+        text = json.dumps(good).replace(f'"{key}": {good[key]}', f'"{key}": {bad}')
+        assert bad in text
+        (tmp_path / "breaker.json").write_text(text)
+        with caplog.at_level(logging.WARNING):
+            b = HealthBreaker(SETTINGS, state_dir=StateDir(tmp_path), now=T0)
+        assert b.state == "closed", key
+        json.dumps(b.snapshot(), allow_nan=False)
+    last = {"from": "closed", "to": "open", "reason": "x", "at": float(bad)}
+    _write_breaker(tmp_path / "breaker.json", last_transition=last)
+    assert StateDir(tmp_path).load_breaker(T0) is None
+    (tmp_path / "pause.json").write_text(f'{{"reason": "r", "since": {T0}, "until": {bad}}}')
+    assert StateDir(tmp_path).load_pause(T0) is None
+    assert "resetting it" in caplog.text
+
+
+def test_a_pause_starting_in_the_future_is_kept_from_now(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "pause.json").write_text(json.dumps({"reason": "r", "since": T0 + 86400}))
+    with caplog.at_level(logging.WARNING):
+        b = HealthBreaker(SETTINGS, state_dir=StateDir(tmp_path), now=T0)
+    assert b.state == "forced_open" and b.since == T0
+    assert "in the future" in caplog.text
 
 
 # -- metrics wiring ------------------------------------------------------------------
@@ -474,26 +590,23 @@ def test_transition_effects_mirror_state() -> None:
     registry = _metrics_of(health)
     b = health.breaker
 
-    def value(name: str, **labels: str) -> float | None:
-        return registry.get_sample_value(name, labels)
-
-    assert value("cdpmon_breaker_transitions_total", to="open") == 0
+    assert sample(registry, "cdpmon_breaker_transitions_total", to="open") == 0
     b.record(True, T0)
-    assert value("cdpmon_breaker_state", state="open") == 1
-    assert value("cdpmon_breaker_state", state="closed") == 0
-    assert value("cdpmon_breaker_transitions_total", to="open") == 1
+    assert sample(registry, "cdpmon_breaker_state", state="open") == 1
+    assert sample(registry, "cdpmon_breaker_state", state="closed") == 0
+    assert sample(registry, "cdpmon_breaker_transitions_total", to="open") == 1
     b.pause(T0 + 1)
-    assert value("cdpmon_paused") == 1
-    assert value("cdpmon_breaker_state", state="forced_open") == 1
+    assert sample(registry, "cdpmon_paused") == 1
+    assert sample(registry, "cdpmon_breaker_state", state="forced_open") == 1
     b.resume(T0 + 2)
-    assert value("cdpmon_paused") == 0
-    assert value("cdpmon_breaker_state", state="closed") == 1
-    assert value("cdpmon_breaker_transitions_total", to="closed") == 1
+    assert sample(registry, "cdpmon_paused") == 0
+    assert sample(registry, "cdpmon_breaker_state", state="closed") == 1
+    assert sample(registry, "cdpmon_breaker_transitions_total", to="closed") == 1
 
 
 def test_transition_effects_reflect_restored_pause(tmp_path: Path) -> None:
     sd = StateDir(tmp_path)
     HealthBreaker(SETTINGS, state_dir=sd, now=T0).pause(T0, reason="x")
     registry = _metrics_of(Health.from_config(DEFAULTS, clock=FakeClock(T0 + 1), state_dir=sd))
-    assert registry.get_sample_value("cdpmon_paused") == 1
-    assert registry.get_sample_value("cdpmon_breaker_state", {"state": "forced_open"}) == 1
+    assert sample(registry, "cdpmon_paused") == 1
+    assert sample(registry, "cdpmon_breaker_state", state="forced_open") == 1

@@ -74,10 +74,11 @@ async def test_bot_config_problems_are_500s_before_any_channel(
     assert (await cdp_state(http, emu))["create_attempts"] == 0
 
 
+# The three below: the emulator plays Coze (CDP's admin API injects its answers).
 async def test_coze_error_text_is_the_500_message_after_a_channel(
     make_emu: MakeEmu, http: aiohttp.ClientSession
 ) -> None:
-    emu = await make_emu()
+    emu = await make_emu(gateway=False)
     await http.put(emu.admin_url + "/faults", json={"coze": {"error": True}})
     status, _, raw = await chat(http, emu)
     assert status == 500
@@ -88,17 +89,17 @@ async def test_coze_error_text_is_the_500_message_after_a_channel(
 async def test_coze_daily_limit_drops_the_user_token(
     make_emu: MakeEmu, http: aiohttp.ClientSession
 ) -> None:
-    emu = await make_emu(user_tokens=("Bot sim-token",))
+    emu = await make_emu(gateway=False)
     await http.put(emu.admin_url + "/faults", json={"coze": {"daily_limit": True}})
     assert (await chat(http, emu))[0] == 500
-    assert lines(emu, "[WARN]")[-1].endswith(" | USER_AUTHORIZATION:Bot sim-token DAILY LIMIT ")
+    assert lines(emu, "[WARN]")[-1].endswith(" | USER_AUTHORIZATION:sim-user-token DAILY LIMIT ")
     assert (await chat(http, emu))[2] == error_500("no_available_user_auth")
 
 
 async def test_coze_silence_runs_into_the_reply_timeout(
     make_emu: MakeEmu, http: aiohttp.ClientSession
 ) -> None:
-    emu = await make_emu(time_scale=300.0)  # REQUEST_OUT_TIME 300 s: 1 s
+    emu = await make_emu(gateway=False, time_scale=300.0)  # REQUEST_OUT_TIME 300 s: 1 s
     await http.put(emu.admin_url + "/faults", json={"coze": {"silence": True}})
     status, rid, raw = await chat(http, emu)
     assert (status, rid is not None) == (200, True)

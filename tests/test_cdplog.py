@@ -28,6 +28,8 @@ from monitor.health.cdplog import (
 from monitor.health.follow import backoff_delay, follow_command, follow_file
 from monitor.health.window import Sample
 from monitor.metrics import Metrics
+from tests.helpers.metrics import sample, sample_or_zero
+from tests.helpers.wait import wait_for
 
 BOUND = 10.0  # generous upper bound on waiting for an iterator, never a timing assertion
 
@@ -204,11 +206,6 @@ def test_bad_go_durations(text: str) -> None:
 # --- signal ---------------------------------------------------------------------------
 
 
-def _metric(metrics: Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
-
-
 async def _lines(*lines: str) -> AsyncIterator[str]:
     for line in lines:
         yield line
@@ -229,13 +226,23 @@ async def test_signal_counts_metrics_and_feeds_sink() -> None:
             "[GIN] 2024/05/01 - 12:03:00 | a | 500 | 3m0s | 127.0.0.1 | POST /v1/chat/completions",
         )
     )
-    assert _metric(metrics, "cdpmon_cdp_channel_create_retries_total") == 2
-    assert _metric(metrics, "cdpmon_cdp_channel_create_failures_total", reason="timeout") == 1
-    assert _metric(metrics, "cdpmon_cdp_channel_create_failures_total", reason="channel_limit") == 1
+    assert sample_or_zero(metrics.registry, "cdpmon_cdp_channel_create_retries_total") == 2
+    assert (
+        sample_or_zero(
+            metrics.registry, "cdpmon_cdp_channel_create_failures_total", reason="timeout"
+        )
+        == 1
+    )
+    assert (
+        sample_or_zero(
+            metrics.registry, "cdpmon_cdp_channel_create_failures_total", reason="channel_limit"
+        )
+        == 1
+    )
     # Failure reasons are exported from the start, at zero.
     assert (
-        metrics.registry.get_sample_value(
-            "cdpmon_cdp_channel_create_failures_total", {"reason": "retries_exhausted"}
+        sample(
+            metrics.registry, "cdpmon_cdp_channel_create_failures_total", reason="retries_exhausted"
         )
         == 0
     )
@@ -266,7 +273,7 @@ async def test_signal_survives_a_failing_sink(caplog: pytest.LogCaptureFixture) 
     with caplog.at_level(logging.ERROR, logger="test.cdplog"):
         await signal.consume(_lines(retry, retry))
     assert len(seen) == 2
-    assert _metric(metrics, "cdpmon_cdp_channel_create_retries_total") == 2
+    assert sample_or_zero(metrics.registry, "cdpmon_cdp_channel_create_retries_total") == 2
     assert "CDP log signal failed" in caplog.text
 
 
@@ -297,9 +304,7 @@ async def _next(it: AsyncIterator[str]) -> str:
 async def _first_look(it: AsyncIterator[str], clock: CountingClock) -> asyncio.Task[str]:
     """Start pulling from `it` and return once the follower has polled at least once."""
     task = asyncio.ensure_future(_next(it))
-    async with asyncio.timeout(BOUND):
-        while clock.sleeps == 0:
-            await asyncio.sleep(0)
+    await wait_for(lambda: clock.sleeps > 0, what="the follower's first look", bound=BOUND)
     return task
 
 
@@ -408,9 +413,9 @@ async def test_follow_command_that_cannot_start_keeps_retrying(
 
     with caplog.at_level(logging.WARNING, logger="t.m"):
         task = asyncio.ensure_future(pull())
-        async with asyncio.timeout(BOUND):
-            while clock.monotonic() < 1 + 2 + 4:
-                await asyncio.sleep(0)
+        await wait_for(
+            lambda: clock.monotonic() >= 1 + 2 + 4, what="three restarts", bound=BOUND, interval=0
+        )
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -432,5 +437,5 @@ async def test_follow_command_feeds_the_signal() -> None:
     ) as lines:
         for _ in range(2):
             signal.handle_line(await _next(lines))
-    assert _metric(metrics, "cdpmon_cdp_channel_create_retries_total") == 1
+    assert sample_or_zero(metrics.registry, "cdpmon_cdp_channel_create_retries_total") == 1
     assert [type(e).__name__ for e in events] == ["CreateRetry", "RequestOutcome"]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,21 +13,7 @@ import yaml
 from monitor.config import parse_config
 from monitor.logs import JsonFormatter, RedactFilter
 from monitor.sim.discord import DiscordSimulator
-from tests.daemon_util import fast_config_dict, running_daemon
-
-
-async def cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "monitor",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+from tests.helpers.daemon import fast_config_dict, run_monitor, running_daemon
 
 
 async def test_status_pause_resume_through_the_control_api(
@@ -44,28 +28,30 @@ async def test_status_pause_resume_through_the_control_api(
         path = tmp_path / "monitor.yaml"
         path.write_text(yaml.safe_dump(data))
 
-        rc, out, err = await cli("status", "--json", "-c", str(path))
+        rc, out, err = await run_monitor("status", "--json", "-c", str(path))
         assert rc == 0, err
         assert json.loads(out)["breaker"]["state"] == "closed"
 
-        rc, out, err = await cli("pause", "--for", "10m", "--reason", "deploy", "-c", str(path))
+        rc, out, err = await run_monitor(
+            "pause", "--for", "10m", "--reason", "deploy", "-c", str(path)
+        )
         assert rc == 0, err
         assert "forced_open" in out and "deploy" in out
         assert daemon.breaker.state == "forced_open"
 
-        rc, out, err = await cli("resume", "-c", str(path))
+        rc, out, err = await run_monitor("resume", "-c", str(path))
         assert rc == 0, err
         assert daemon.breaker.state == "closed"
 
-        rc, out, err = await cli("pause", "--for", "soon", "-c", str(path))
+        rc, out, err = await run_monitor("pause", "--for", "soon", "-c", str(path))
         assert rc == 2 and "--for" in err and "Traceback" not in err
 
-        rc, out, err = await cli("status", "-c", str(path), "--token", "wrong")
+        rc, out, err = await run_monitor("status", "-c", str(path), "--token", "wrong")
         assert rc == 1 and "HTTP 401" in err and "Traceback" not in err
 
 
 async def test_status_without_a_daemon_is_a_clear_error() -> None:
-    rc, _out, err = await cli("status", "--url", "http://127.0.0.1:9", "--token", "x")
+    rc, _out, err = await run_monitor("status", "--url", "http://127.0.0.1:9", "--token", "x")
     assert rc == 1
     assert "cannot reach the daemon's control API" in err and "Traceback" not in err
 
@@ -113,12 +99,12 @@ async def test_probe_and_reconcile_commands_build_from_the_config(
     data = fast_config_dict(discord_sim, tmp_path / "state")
     path = tmp_path / "monitor.yaml"
     path.write_text(yaml.safe_dump(data))
-    rc, out, err = await cli("probe", "-c", str(path))
+    rc, out, err = await run_monitor("probe", "-c", str(path))
     assert rc == 0, err
     assert [line.split()[:2] for line in out.splitlines() if not line.startswith(" ")] == [
         ["ok", "gateway"],
         ["ok", "rest"],
     ]
-    rc, out, err = await cli("reconcile", "--dry-run", "-c", str(path))
+    rc, out, err = await run_monitor("reconcile", "--dry-run", "-c", str(path))
     assert rc == 0, err
     assert "dry" in out.lower()

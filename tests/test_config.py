@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+from monitor.cli import main as cli_main
 from monitor.config import (
     DEFAULT_NAME_PATTERN,
     Config,
@@ -492,6 +493,62 @@ def test_invalid_config(case: str) -> None:
     assert "SEKRIT" not in str(exc.value)
     # Every problem is a (dotted.path, reason) pair and the message lists each one.
     assert [f"{p}: {r}" if p else r for p, r in exc.value.problems] == expected.splitlines()
+
+
+# --- reconcile.name_pattern and YAML aliases ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "",
+        ".*",
+        "cdp",
+        "cdp-chat-",
+        "^",
+        "^.*",
+        "^cdp",
+        "^[a-z]",
+        "^(?!cdp-chat-)",
+        "^cdp-chat-|^general",
+        "^\\w*",
+        "^(|cdp-chat-)",
+    ],
+)
+def test_name_pattern_matching_ordinary_channels_is_an_error(pattern: str) -> None:
+    # Red team: `.*`, `""` and `cdp` passed check-config; `.*` planned to delete `general`.
+    with pytest.raises(ConfigError) as exc:
+        parse_config(MINIMAL + f"reconcile:\n  name_pattern: '{pattern}'\n", environ={})
+    (path, reason), *_ = exc.value.problems
+    assert path == "reconcile.name_pattern"
+    assert "anchored" in reason or "matches ordinary channel names" in reason
+
+
+@pytest.mark.parametrize(
+    "pattern", [DEFAULT_NAME_PATTERN, "^cdp-chat-", "^cdp-chat-\\d+$", "^tmp-", "^cdp-对话"]
+)
+def test_name_patterns_for_cdp_channels_are_accepted(pattern: str) -> None:
+    cfg = parse_config(MINIMAL + f"reconcile:\n  name_pattern: '{pattern}'\n", environ={})
+    assert cfg.reconcile.name_pattern == pattern
+
+
+def test_alias_bomb_is_refused_by_check_config(capsys: pytest.CaptureFixture[str]) -> None:
+    # Red team: a billion-laughs file stalled a reload for seconds, check-config for minutes.
+    path = INVALID_DIR / "alias_bomb.yaml"
+    assert cli_main(["check-config", "-c", str(path)]) != 0
+    assert "aliases expand it past" in capsys.readouterr().err
+
+
+def test_aliases_within_the_cap_still_work() -> None:
+    text = (
+        f"discord:\n  token: {SECRET}\n  guild_id: &g 81384788765712384\n"
+        "reconcile:\n  protected_channel_ids: [*g]\n"
+    )
+    cfg = parse_config(text, environ={})
+    assert cfg.reconcile.protected_channel_ids == {81384788765712384}
+    recursive = MINIMAL + "reconcile: &r\n  protected_channel_ids: [*r]\n"
+    with pytest.raises(ConfigError, match="aliases expand it past"):
+        parse_config(recursive, environ={})
 
 
 # --- the documented example -------------------------------------------------------------

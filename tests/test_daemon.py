@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -21,16 +20,20 @@ from monitor.clock import SYSTEM_CLOCK
 from monitor.metrics import Metrics
 from monitor.sim.discord import DiscordSimulator, SimSettings
 from monitor.supervise import Supervisor
-from tests.daemon_util import fast_config, fast_config_dict, running_daemon, wait_for
-from tests.prom_util import free_port
-from tests.sim_util import put_faults
+from tests.helpers.daemon import (
+    MONITOR,
+    daemon_process,
+    fast_config,
+    fast_config_dict,
+    running_daemon,
+    wait_process_ready,
+)
+from tests.helpers.metrics import metric_value
+from tests.helpers.prom import free_port
+from tests.helpers.sim import clear_faults, put_faults
+from tests.helpers.wait import wait_for
 
 AUTH = {"Authorization": "Bearer control-secret"}
-
-
-async def clear_faults(http: aiohttp.ClientSession, sim: DiscordSimulator) -> None:
-    async with http.delete(f"{sim.admin_url}/faults") as resp:
-        assert resp.status == 200
 
 
 async def test_gateway_outage_opens_recovers_and_backs_off(
@@ -60,8 +63,8 @@ async def test_gateway_outage_opens_recovers_and_backs_off(
         await clear_faults(http, discord_sim)
 
     transitions = daemon.metrics.breaker_transitions
-    assert transitions.labels(to="open")._value.get() == 2
-    assert transitions.labels(to="closed")._value.get() >= 1
+    assert metric_value(transitions, to="open") == 2
+    assert metric_value(transitions, to="closed") >= 1
 
 
 async def test_cdp_log_burst_opens_the_breaker(
@@ -93,8 +96,8 @@ async def test_cdp_log_burst_opens_the_breaker(
         with log.open("a") as f:
             f.write("\n".join(lines) + "\n")
         await wait_for(lambda: daemon.breaker.state == "open", what="breaker open from CDP log")
-        assert daemon.metrics.cdp_create_retries._value.get() == 12
-        failures = daemon.metrics.cdp_create_failures.labels(reason="timeout")._value.get()
+        assert metric_value(daemon.metrics.cdp_create_retries) == 12
+        failures = metric_value(daemon.metrics.cdp_create_failures, reason="timeout")
         assert failures == 12
 
 
@@ -114,7 +117,7 @@ async def test_pause_survives_restart_and_resume_clears_it(
     async with running_daemon(config) as daemon:
         await wait_for(daemon.ready, what="ready")
         assert daemon.breaker.state == "forced_open"
-        assert daemon.metrics.paused._value.get() == 1
+        assert metric_value(daemon.metrics.paused) == 1
         async with http.get(f"{daemon.control_url}/status", headers=AUTH) as resp:
             assert (await resp.json())["paused"]["reason"] == "maintenance"
         async with http.post(f"{daemon.control_url}/resume", headers=AUTH) as resp:
@@ -132,7 +135,7 @@ async def test_expired_pause_lifts_itself(
         ) as resp:
             assert (await resp.json())["breaker"]["state"] == "forced_open"
         await wait_for(lambda: daemon.breaker.state == "closed", what="pause expiry")
-        assert daemon.metrics.paused._value.get() == 0
+        assert metric_value(daemon.metrics.paused) == 0
 
 
 async def test_discord_401_stops_all_rest_calls(tmp_path: Path) -> None:
@@ -148,7 +151,7 @@ async def test_discord_401_stops_all_rest_calls(tmp_path: Path) -> None:
             seen = daemon.probe_results["rest"].at
             await wait_for(lambda: daemon.probe_results["rest"].at > seen + 0.3, what="more probes")
             assert sim.state.invalid_requests == before == 1
-            assert daemon.metrics.discord_token_invalid._value.get() == 1
+            assert metric_value(daemon.metrics.discord_token_invalid) == 1
             # A dead token is not Discord instability: the breaker stays closed.
             assert daemon.breaker.state == "closed"
             assert "a-wrong-token" not in json.dumps(daemon.status())
@@ -197,7 +200,7 @@ async def test_supervisor_restarts_a_crashing_loop_with_backoff() -> None:
     await wait_for(lambda: calls == 4 and sup.alive(), what="restarted loop")
     state = sup.status()["flaky"]
     assert state == {"up": True, "restarts": 3, "last_error": "RuntimeError: boom 3"}
-    assert metrics.loop_restarts.labels(loop="flaky")._value.get() == 3
+    assert metric_value(metrics.loop_restarts, loop="flaky") == 3
     await sup.stop(timeout=1)
 
 
@@ -227,45 +230,6 @@ async def test_healthz_turns_503_while_a_loop_is_down(
 # -- the real process: signals, reload, promtool ----------------------------------------
 
 
-def _cli() -> list[str]:
-    return [sys.executable, "-m", "monitor"]
-
-
-async def _start_process(
-    config_path: Path, env: dict[str, str] | None = None
-) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *_cli(),
-        "run",
-        "-c",
-        str(config_path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
-
-
-async def _control_port_ready(http: aiohttp.ClientSession, url: str) -> bool:
-    try:
-        async with http.get(url + "/readyz") as resp:
-            return resp.status == 200
-    except aiohttp.ClientError:
-        return False
-
-
-async def _wait_ready(
-    http: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process
-) -> None:
-    for _ in range(500):
-        if proc.returncode is not None:
-            out = await proc.stdout.read() if proc.stdout else b""
-            raise AssertionError(f"daemon exited {proc.returncode}: {out.decode()}")
-        if await _control_port_ready(http, url):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("daemon never became ready")
-
-
 async def test_sighup_with_broken_file_keeps_old_config_and_sigterm_exits_0(
     discord_sim: DiscordSimulator, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -278,34 +242,23 @@ async def test_sighup_with_broken_file_keeps_old_config_and_sigterm_exits_0(
     config_path = tmp_path / "monitor.yaml"
     config_path.write_text(yaml.safe_dump(data))
     url = f"http://127.0.0.1:{port}"
-    proc = await _start_process(config_path)
-    try:
-        await _wait_ready(http, url, proc)
+    async with daemon_process(config_path) as proc:
+        await wait_process_ready(http, url, proc)
         config_path.write_text("discord: [this is: not valid")
         proc.send_signal(signal.SIGHUP)
 
-        async def reload_failed() -> bool:
+        async def reload_reported(value: str) -> bool:
             async with http.get(url + "/metrics") as resp:
-                return "cdpmon_config_last_reload_successful 0.0" in await resp.text()
+                return f"cdpmon_config_last_reload_successful {value}" in await resp.text()
 
-        for _ in range(200):
-            if await reload_failed():
-                break
-            await asyncio.sleep(0.05)
-        assert await reload_failed()
+        await wait_for(lambda: reload_reported("0.0"), what="the failed reload reported")
         async with http.get(url + "/status", headers=AUTH) as resp:
             assert resp.status == 200  # still serving, on the old config
 
         # A good file reloads and the metric goes back to 1.
         config_path.write_text(yaml.safe_dump(data))
         proc.send_signal(signal.SIGHUP)
-        for _ in range(200):
-            async with http.get(url + "/metrics") as resp:
-                if "cdpmon_config_last_reload_successful 1.0" in await resp.text():
-                    break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("good reload not reported")
+        await wait_for(lambda: reload_reported("1.0"), what="the good reload reported")
 
         proc.send_signal(signal.SIGTERM)
         rc = await asyncio.wait_for(proc.wait(), 5)
@@ -314,10 +267,6 @@ async def test_sighup_with_broken_file_keeps_old_config_and_sigterm_exits_0(
         assert "reload failed" in output
         assert "Traceback" not in output
         assert discord_sim.settings.token not in output
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_metrics_pass_promtool_check(
@@ -363,7 +312,7 @@ def test_bad_config_exits_2_without_traceback(
         path.write_text(content)
     for command in ("run", "check-config"):
         result = subprocess.run(
-            [*_cli(), command, "-c", str(path)], capture_output=True, text=True, timeout=30
+            [*MONITOR, command, "-c", str(path)], capture_output=True, text=True, timeout=30
         )
         assert result.returncode == 2, result.stderr
         assert expected in result.stderr

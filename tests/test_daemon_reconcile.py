@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +10,10 @@ import aiohttp
 import yaml
 
 from monitor.sim.discord import DiscordSimulator
-from tests.daemon_util import fast_config, fast_config_dict, running_daemon, wait_for
-from tests.sim_util import seed
+from tests.helpers.daemon import fast_config, fast_config_dict, run_monitor, running_daemon
+from tests.helpers.metrics import metric_value
+from tests.helpers.sim import seed
+from tests.helpers.wait import wait_for
 
 AUTH = {"Authorization": "Bearer control-secret"}
 
@@ -60,14 +60,16 @@ async def test_post_reconcile_dry_run_then_live_via_control_api(
             status = await resp.json()
         assert status["channels"]["channels"] == 4 and status["channels"]["limit"] == 500
         assert status["reconcile"] is not None
-        deleted = daemon.metrics.channels_deleted.labels(
-            guild=str(discord_sim.settings.guild_id), reason="empty_aged"
+        deleted = metric_value(
+            daemon.metrics.channels_deleted,
+            guild=str(discord_sim.settings.guild_id),
+            reason="empty_aged",
         )
-        assert deleted._value.get() == 3
+        assert deleted == 3
     audit = [
         json.loads(line) for line in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()
     ]
-    assert sum(1 for a in audit if not a["dry_run"]) == 3
+    assert sum(1 for a in audit if a["event"] == "deleted") == 3
     assert sum(1 for a in audit if a["dry_run"]) == 3
 
 
@@ -78,8 +80,8 @@ async def test_census_metrics_reach_metrics_endpoint(
     config = fast_config(discord_sim, tmp_path / "state", **reconcile_extra())
     async with running_daemon(config) as daemon:
         guild = str(discord_sim.settings.guild_id)
-        gauge = daemon.metrics.guild_channels.labels(guild=guild)
-        await wait_for(lambda: gauge._value.get() == 5, what="census")
+        gauge = daemon.metrics.guild_channels
+        await wait_for(lambda: metric_value(gauge, guild=guild) == 5, what="census")
         async with http.get(f"{daemon.control_url}/metrics") as resp:
             text = await resp.text()
     assert f'cdpmon_guild_channels{{guild="{guild}"}} 5.0' in text
@@ -118,20 +120,8 @@ async def test_cli_reconcile_one_shot(
     )
 
     async def cli(*args: str) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "monitor",
-            "reconcile",
-            "-c",
-            str(path),
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await proc.communicate()
-        assert proc.returncode is not None
-        return proc.returncode, out.decode()
+        rc, out, _ = await run_monitor("reconcile", "-c", str(path), *args, merge_stderr=True)
+        return rc, out
 
     rc, out = await cli("--dry-run")
     assert rc == 0, out

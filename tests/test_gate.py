@@ -23,8 +23,10 @@ from monitor.health.owner import Health
 from monitor.metrics import Metrics
 from monitor.sim.cdp import CdpEmulator, CdpSettings
 from monitor.sim.discord import DiscordSimulator
-from tests.daemon_util import fast_config, running_daemon, wait_for
-from tests.sim_util import seed
+from tests.helpers.daemon import fast_config, running_daemon
+from tests.helpers.metrics import metric_value
+from tests.helpers.sim import put_faults, seed
+from tests.helpers.wait import wait_for
 
 MESSAGES: Any = [{"role": "user", "content": "hello there"}]
 
@@ -97,11 +99,11 @@ async def seeded_channel(http: aiohttp.ClientSession, sim: DiscordSimulator) -> 
     [
         ("POST", "/v1/chat/completions", b'{"model": "m"}', False, True),
         ("POST", "/v1/chat/completions", b'{"channelId": ""}', False, True),
-        ("POST", "/v1/chat/completions", b'{"channelId": "  "}', False, True),
+        ("POST", "/v1/chat/completions", b'{"channelId": "  "}', False, False),  # CDP uses it as is
         ("POST", "/v1/chat/completions", b'{"channelId": "123"}', False, False),
         ("POST", "/v1/chat/completions", b'{"model": "m"}', True, False),
         ("POST", "/v1/images/generations", b'{"prompt": "p"}', False, True),
-        ("POST", "/v1/chat/completions", b"not json", False, True),
+        ("POST", "/v1/chat/completions", b"not json", False, False),  # CDP fails: no channel
         ("POST", "/api/channel/create", b"{}", True, True),
         ("POST", "/api/thread/create", b"{}", False, True),
         ("GET", "/v1/models", b"", False, False),
@@ -142,7 +144,7 @@ async def test_openai_chat_stream_and_images_through_the_gate(
     assert image.data and image.data[0].url
 
     decisions = daemon.metrics.gate_requests
-    assert decisions.labels(kind="create", decision="forwarded")._value.get() == 3
+    assert metric_value(decisions, kind="create", decision="forwarded") == 3
 
 
 async def test_open_breaker_refuses_creates_but_passes_the_rest(
@@ -202,8 +204,8 @@ async def test_client_with_retries_waits_as_told_and_succeeds_after_close(
     ai = client(daemon, max_retries=2)
     completion = await ai.chat.completions.create(model="coze", messages=MESSAGES)
     assert completion.choices[0].message.content
-    refused = daemon.metrics.gate_requests.labels(kind="create", decision="refused_paused")
-    assert refused._value.get() >= 1
+    refused = metric_value(daemon.metrics.gate_requests, kind="create", decision="refused_paused")
+    assert refused >= 1
     assert daemon.breaker.state == "closed"
 
 
@@ -296,7 +298,7 @@ async def test_client_disconnect_mid_stream_releases_its_slot(
             reply = await ai.chat.completions.create(model="coze", messages=MESSAGES, stream=False)
             assert reply.choices[0].message.content
             decided = daemon.metrics.gate_requests
-            assert decided.labels(kind="create", decision="client_disconnected")._value.get() == 1
+            assert metric_value(decided, kind="create", decision="client_disconnected") == 1
     finally:
         await emulator.stop()
 
@@ -319,8 +321,7 @@ async def _creates_fail_until_open(
     daemon: Daemon, discord_sim: DiscordSimulator, http: aiohttp.ClientSession
 ) -> None:
     fault = {"rest": {"error_rate": 1.0, "routes": ["POST /guilds/{guild_id}/channels"]}}
-    async with http.put(f"{discord_sim.admin_url}/faults", json=fault):
-        pass
+    await put_faults(http, discord_sim, **fault)
     ai = client(daemon)
     statuses = []
 
@@ -351,10 +352,7 @@ async def test_hold_mode_waits_for_the_breaker(
         await daemon.pause(0.5, "brief")
         completion = await client(daemon).chat.completions.create(model="coze", messages=MESSAGES)
         assert completion.choices[0].message.content
-        assert (
-            daemon.metrics.gate_requests.labels(kind="create", decision="forwarded")._value.get()
-            == 1
-        )
+        assert metric_value(daemon.metrics.gate_requests, kind="create", decision="forwarded") == 1
 
 
 async def test_gate_fails_open_when_health_evaluation_stops(
@@ -370,10 +368,8 @@ async def test_gate_fails_open_when_health_evaluation_stops(
     completion = await client(daemon).chat.completions.create(model="coze", messages=MESSAGES)
     assert completion.choices[0].message.content
     assert daemon.gate is not None and daemon.gate.status()["fail_open"] is True
-    assert daemon.metrics.gate_fail_open._value.get() == 1
-    assert (
-        daemon.metrics.gate_requests.labels(kind="create", decision="fail_open")._value.get() == 1
-    )
+    assert metric_value(daemon.metrics.gate_fail_open) == 1
+    assert metric_value(daemon.metrics.gate_requests, kind="create", decision="fail_open") == 1
     async with http.get(
         f"{daemon.control_url}/status", headers={"Authorization": "Bearer control-secret"}
     ) as resp:
@@ -396,8 +392,7 @@ async def test_ledger_records_completed_and_failed_requests_across_restarts(
         raw = await ai.chat.completions.with_raw_response.create(model="coze", messages=MESSAGES)
         done_id = raw.headers["X-Request-Id"]
         fault = {"rest": {"error_rate": 1.0, "routes": ["POST /guilds/{guild_id}/channels"]}}
-        async with http.put(f"{discord_sim.admin_url}/faults", json=fault):
-            pass
+        await put_faults(http, discord_sim, **fault)
         with pytest.raises(openai.APIStatusError) as caught:
             await ai.chat.completions.create(model="coze", messages=MESSAGES)
         failed_id = caught.value.response.headers["X-Request-Id"]
@@ -453,8 +448,8 @@ async def test_large_and_chunked_bodies_arrive_whole_and_cdp_down_is_not_discord
             async with http.post(url, data=chunked()) as resp:
                 assert (await resp.json())["received"] == len(big)
             # It named its channel: not a create, even though it arrived in pieces.
-            other = daemon.metrics.gate_requests.labels(kind="other", decision="forwarded")
-            assert other._value.get() == 2
+            other = metric_value(daemon.metrics.gate_requests, kind="other", decision="forwarded")
+            assert other == 2
 
             async with http.get(f"{daemon.gate_url}/v1/models") as resp:
                 assert resp.status == 502

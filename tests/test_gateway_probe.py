@@ -16,7 +16,7 @@ from pytest_aiohttp import AiohttpServer
 
 from monitor.discord.gateway import GatewayProbeResult, gateway_connect_url, probe_gateway
 from monitor.sim.discord import DiscordSimulator
-from tests.sim_util import put_faults
+from tests.helpers.sim import clear_faults, put_faults
 
 HELLO = {"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -106,8 +106,7 @@ async def test_faults_cleared_probe_recovers(
     assert (await probe_gateway(discord_sim.gateway_url, session=http, timeout=5)).outcome == (
         "refused"
     )
-    async with http.delete(f"{discord_sim.admin_url}/faults") as resp:
-        assert resp.status < 300
+    await clear_faults(http, discord_sim)
     assert (await probe_gateway(discord_sim.gateway_url, session=http, timeout=5)).ok
 
 

@@ -21,7 +21,10 @@ from monitor.discord.rest import DiscordRestClient
 from monitor.health.probes import PROBES, ProbeContext, record_probe, run_probe
 from monitor.metrics import Metrics
 from monitor.sim.discord import DiscordSimulator
-from tests.daemon_util import fast_config, wait_for
+from tests.helpers.daemon import fast_config
+from tests.helpers.metrics import metric_value
+from tests.helpers.sim import put_faults
+from tests.helpers.wait import wait_for
 
 LOG = logging.getLogger("cdp-monitor.test")
 
@@ -69,17 +72,16 @@ async def test_gateway_and_rest_probes_record_metrics_and_samples(
     for result in (gateway, rest):
         sample = record_probe(result, metrics)
         assert sample is not None and sample.ok and sample.source == result.probe
-    assert metrics.session_starts_remaining._value.get() == 1000
-    assert metrics.probe_success.labels(probe="gateway")._value.get() == 1
-    assert metrics.gateway_latency.labels(phase="heartbeat_ack")._value.get() > 0
+    assert metric_value(metrics.session_starts_remaining) == 1000
+    assert metric_value(metrics.probe_success, probe="gateway") == 1
+    assert metric_value(metrics.gateway_latency, phase="heartbeat_ack") > 0
 
 
 async def test_rest_probe_does_not_retry(
     discord_sim: DiscordSimulator, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     ctx, _ = context(discord_sim, http, tmp_path, discord={"max_retries": 3})
-    async with http.put(f"{discord_sim.admin_url}/faults", json={"rest": {"error_rate": 1.0}}):
-        pass
+    await put_faults(http, discord_sim, rest={"error_rate": 1.0})
     result = await run_probe("rest", ctx)
     assert not result.ok and result.data["status"] == 500
     assert discord_sim.state.requests[("GET /gateway/bot", 500)] == 1
@@ -99,7 +101,7 @@ async def test_cdp_probe_is_reported_but_not_a_health_sample(
         result = await run_probe("cdp", ctx)
         assert result.ok and result.data["status"] == 200
         assert record_probe(result, metrics) is None
-        assert metrics.probe_success.labels(probe="cdp")._value.get() == 1
+        assert metric_value(metrics.probe_success, probe="cdp") == 1
     finally:
         await runner.cleanup()
     result = await run_probe("cdp", ctx)  # CDP gone: reported as down
@@ -175,7 +177,7 @@ async def test_exec_action_gets_state_in_environment(
         "CDPMON_REASON": "gateway down",
         "CDPMON_TIME": "1.5",
     }
-    assert metrics.action_failures.labels(kind="exec")._value.get() == 0
+    assert metric_value(metrics.action_failures, kind="exec") == 0
 
 
 async def test_webhook_action_posts_json_and_failures_are_counted(
@@ -203,8 +205,8 @@ async def test_webhook_action_posts_json_and_failures_are_counted(
         runner.fire([slow], event, 0.3)
         await wait_for(
             lambda: (
-                metrics.action_failures.labels(kind="exec")._value.get() == 2
-                and metrics.action_failures.labels(kind="webhook")._value.get() == 1
+                metric_value(metrics.action_failures, kind="exec") == 2
+                and metric_value(metrics.action_failures, kind="webhook") == 1
             ),
             what="failed actions counted",
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,9 @@ import yaml
 
 from monitor.sim.discord import DiscordSimulator
 from tests.conftest import REPO_ROOT
-from tests.daemon_util import fast_config, running_daemon, wait_for
-from tests.prom_util import free_port, running_prometheus, static_job
+from tests.helpers.daemon import fast_config, running_daemon
+from tests.helpers.prom import free_port, running_prometheus, static_job
+from tests.helpers.wait import wait_for
 
 ALERTS = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
 
@@ -65,17 +65,20 @@ async def test_prometheus_sees_census_and_fires_headroom_alert(
         series = await prom.wait_for_series(f'cdpmon_guild_channels{{guild="{guild}"}} == 450')
         assert series[0]["metric"]["job"] == "cdp-monitor"
 
-        firing: list[dict[str, Any]] = []
-        for _ in range(300):
-            firing = [
+        async def headroom_firing() -> list[dict[str, Any]]:
+            return [
                 a
                 for a in await prom.alerts()
                 if a["labels"]["alertname"] == "GuildChannelHeadroomLow" and a["state"] == "firing"
             ]
-            if firing:
-                break
-            await asyncio.sleep(0.1)  # rules are evaluated every second
-        assert firing, await prom.alerts()
+
+        async def all_alerts() -> str:
+            return f": {await prom.alerts()}"
+
+        # Rules are evaluated every second.
+        firing = await wait_for(
+            headroom_firing, what="GuildChannelHeadroomLow firing", interval=0.1, detail=all_alerts
+        )
         assert firing[0]["labels"]["guild"] == guild
         assert firing[0]["labels"]["severity"] == "warning"
         # Nothing should be wrong otherwise: the monitor itself is up and healthy.

@@ -10,7 +10,7 @@ import pytest
 from monitor.discord.snowflake import make_snowflake
 from monitor.ledger import RequestLedger
 from monitor.reconcile import Action, plan, recheck
-from tests.reconcile_util import GUILD, HOUR, MIN, NOW, cfg, chan, ids, sf, why_of
+from tests.helpers.reconcile import GUILD, HOUR, MIN, NOW, cfg, chan, ids, sf, why_of
 
 # -- the planner -----------------------------------------------------------------------------
 
@@ -159,8 +159,6 @@ def test_oldest_first_and_capped() -> None:
 
 def test_bad_listing_entries_are_skipped_not_fatal() -> None:
     good = chan(HOUR)
-    no_last = chan(HOUR)
-    del no_last["last_message_id"]
     bad_last = chan(HOUR)
     bad_last["last_message_id"] = "soon"
     other_guild = chan(HOUR)
@@ -178,7 +176,6 @@ def test_bad_listing_entries_are_skipped_not_fatal() -> None:
         {"id": str(sf(HOUR)), "type": False, "name": "cdp-chat-x", "last_message_id": None},
         {"id": str(sf(HOUR)), "type": 0, "name": 7, "last_message_id": None},
         {"id": str(sf(HOUR)), "type": 0, "last_message_id": None},
-        no_last,
         bad_last,
         other_guild,
         good,
@@ -193,7 +190,6 @@ def test_bad_listing_entries_are_skipped_not_fatal() -> None:
         "missing or invalid id",
         "unknown channel type",
         "name is not a string",
-        "no last_message_id field",
         "invalid last_message_id",
         "another guild",
         "listed twice",

@@ -23,7 +23,7 @@ from monitor.ledger import RequestLedger
 from monitor.metrics import Metrics
 from monitor.reconcile import Reconciler
 from monitor.state import StateDir
-from tests.reconcile_util import GUILD, HOUR, MIN, NOW, cfg, chan, sf
+from tests.helpers.reconcile import GUILD, HOUR, MIN, NOW, cfg, chan, sf
 
 
 class MemoryGuild:
@@ -117,7 +117,7 @@ CASES: dict[str, Case] = {
     "enabled": Case(False),
     "dry_run": Case(True),
     "interval": Case(100.0, start=startup_run, probe=step_after(200, "closed")),
-    "name_pattern": Case(r"tmp-", channels=[chan(HOUR, "cdp-chat-a"), chan(HOUR, "tmp-b")]),
+    "name_pattern": Case(r"^tmp-", channels=[chan(HOUR, "cdp-chat-a"), chan(HOUR, "tmp-b")]),
     "protected_channel_ids": Case(
         frozenset({PROTECTED}), channels=[chan(HOUR, "cdp-chat-p", cid=PROTECTED)]
     ),

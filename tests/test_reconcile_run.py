@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import math
+import os
+import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,7 +28,11 @@ from monitor.reconcile import Reconciler, format_report
 from monitor.sim.discord import DiscordSimulator, SimSettings
 from monitor.state import StateDir
 from monitor.wiring import reconcile_once
-from tests.reconcile_util import GUILD, HOUR, MIN, NOW, cfg, ids
+from tests.helpers.daemon import fast_config, running_daemon
+from tests.helpers.metrics import sample_or_zero
+from tests.helpers.reconcile import GUILD, HOUR, MIN, NOW, cfg, ids
+from tests.helpers.sim import seed
+from tests.helpers.wait import wait_for
 
 # -- against the simulator -----------------------------------------------------------------------
 
@@ -105,12 +112,10 @@ class Env:
     def channel_ids(self) -> set[str]:
         return {str(c) for c in self.sim.state.channels}
 
-    def audit(self) -> list[dict[str, Any]]:
-        return list(self.state_dir.read_audit())
-
-    def sample(self, name: str, **labels: str) -> float:
-        value = self.metrics.registry.get_sample_value(name, labels)
-        return 0.0 if value is None else value
+    def audit(self, *events: str) -> list[dict[str, Any]]:
+        """The audit lines of these events (default: the outcomes, deleted or dry run)."""
+        wanted = events or ("deleted", "dry_run")
+        return [r for r in self.state_dir.read_audit() if r["event"] in wanted]
 
     def requests(self, route: str) -> int:
         return sum(n for (r, _s), n in self.sim.state.requests.items() if r == route)
@@ -140,16 +145,27 @@ async def test_apply_deletes_exactly_the_plan_and_audits_each_once(tmp_path: Pat
         assert env.channel_ids() == set(traps)
         audit = env.audit()
         assert sorted(r["channel_id"] for r in audit) == sorted(leaked)
+        # Each deletion's intent line precedes it, and nothing else was written.
+        lines = [(r["event"], r["channel_id"]) for r in env.state_dir.read_audit()]
+        assert len(lines) == 2 * len(leaked)
+        for cid in leaked:
+            assert lines.index(("intent", cid)) < lines.index(("deleted", cid))
         for r in audit:
             assert r["run_id"] == report.run_id and r["reason"] == "empty_aged"
             assert r["dry_run"] is False and r["trigger"] == "test"
             assert r["created_at"] == snowflake_time(int(r["channel_id"]))
             assert r["name"].startswith("cdp-chat-")
-        assert env.sample(
-            "cdpmon_channels_deleted_total", guild=str(GUILD), reason="empty_aged"
+        assert sample_or_zero(
+            env.metrics.registry,
+            "cdpmon_channels_deleted_total",
+            guild=str(GUILD),
+            reason="empty_aged",
         ) == len(leaked)
-        assert env.sample("cdpmon_reconcile_runs_total", result="ok") == 1
-        assert env.sample("cdpmon_reconcile_last_success_timestamp_seconds") > 0
+        assert sample_or_zero(env.metrics.registry, "cdpmon_reconcile_runs_total", result="ok") == 1
+        assert (
+            sample_or_zero(env.metrics.registry, "cdpmon_reconcile_last_success_timestamp_seconds")
+            > 0
+        )
         # One GET per channel just before its DELETE, and one listing.
         assert env.requests("GET /channels/{channel_id}") == len(leaked)
         assert env.requests("DELETE /channels/{channel_id}") == len(leaked)
@@ -196,7 +212,10 @@ async def test_dry_run_deletes_nothing_but_audits_each_decision(tmp_path: Path) 
         assert sorted(r["channel_id"] for r in audit) == sorted(leaked)
         assert all(r["dry_run"] is True for r in audit)
         assert env.requests("DELETE /channels/{channel_id}") == 0
-        assert env.sample("cdpmon_reconcile_runs_total", result="dry_run") == 1
+        assert (
+            sample_or_zero(env.metrics.registry, "cdpmon_reconcile_runs_total", result="dry_run")
+            == 1
+        )
         text = format_report(report)
         assert "would delete" in text and leaked[0] in text
 
@@ -232,12 +251,37 @@ async def test_concurrent_runs_of_one_mode_share_one_listing(tmp_path: Path) -> 
         assert dry.planned == [] and dry.started_at >= live.finished_at  # type: ignore[operator]
 
 
+async def test_200_concurrent_dry_runs_list_the_guild_at_most_twice(tmp_path: Path) -> None:
+    # Red team: 200 concurrent POST /reconcile sent 129-200 guild listings to Discord.
+    async with sim_env(tmp_path) as env:
+        leaked = await env.seed(1, age=HOUR)
+        reports = await asyncio.gather(
+            *(env.rec.run(dry_run=True, trigger="api") for _ in range(200))
+        )
+        assert env.requests("GET /guilds/{guild_id}/channels") <= 2
+        assert all(sorted(a["id"] for a in r.planned) == sorted(leaked) for r in reports)
+        # Arriving one after another (each run over before the next asks) within the
+        # listing's reuse: still one listing, and a live run after them plans from it too.
+        for _ in range(50):
+            env.clock.advance(0.05)
+            await env.rec.run(dry_run=True, trigger="api")
+        assert env.requests("GET /guilds/{guild_id}/channels") <= 2
+        live = await env.rec.run(trigger="api")
+        assert sorted(d["id"] for d in live.deleted) == sorted(leaked)
+        # Deletions make the listing stale: the next run lists again.
+        before = env.requests("GET /guilds/{guild_id}/channels")
+        await env.rec.run(dry_run=True, trigger="api")
+        assert env.requests("GET /guilds/{guild_id}/channels") == before + 1
+
+
 async def test_listing_failure_is_an_error_report(tmp_path: Path) -> None:
     async with sim_env(tmp_path, client_token="revoked") as env:
         report = await env.rec.run(trigger="test")
         assert report.result == "error"
         assert "listing" in report.errors[0]["error"]
-        assert env.sample("cdpmon_reconcile_runs_total", result="error") == 1
+        assert (
+            sample_or_zero(env.metrics.registry, "cdpmon_reconcile_runs_total", result="error") == 1
+        )
         assert env.audit() == []
         assert "error" in format_report(report)
 
@@ -266,33 +310,46 @@ async def test_token_rejected_mid_run_stops_the_run(tmp_path: Path) -> None:
         assert sum("rejected the token" in s["why"] for s in report.skipped) == 4
 
 
-async def test_audit_failure_stops_deleting(tmp_path: Path) -> None:
-    async with sim_env(tmp_path) as env:
-        leaked = await env.seed(5, age=HOUR)
-        p = await env.rec.make_plan()
-        rec = Reconciler(
-            cfg(),
-            guild_id=GUILD,
-            channel_limit=500,
-            rest=env.rest,
-            ledger=None,
-            state_dir=_BrokenStateDir(tmp_path / "broken"),
-            metrics=env.metrics,
-            clock=env.clock,
-            concurrency=1,
+async def _run_with_unwritable_audit(env: Env, break_it: Callable[[], None]) -> None:
+    leaked = await env.seed(20, age=HOUR)
+    break_it()
+    for n in (1, 2):  # run after run: nothing deleted, each run an error, no exception
+        report = await env.rec.run(trigger="test")
+        assert report.result == "error" and report.deleted == []
+        assert report.error is not None and "audit log" in report.error
+        assert "audit log" in format_report(report)
+        assert env.requests("DELETE /channels/{channel_id}") == 0
+        assert set(leaked) <= env.channel_ids()
+        assert (
+            sample_or_zero(env.metrics.registry, "cdpmon_reconcile_runs_total", result="error") == n
         )
-        report = await rec.apply(p, trigger="test")
-        assert len(report.deleted) == 1  # the one whose audit line failed
-        assert any("audit log" in e["error"] for e in report.errors)
-        assert len(set(leaked) & env.channel_ids()) == 4
-        assert report.result == "partial"
+        assert env.rec.status()["reconcile"]["last_run"]["error"] == report.error
 
 
-class _BrokenStateDir(StateDir):
-    def append_audit(self, record: Any) -> None:
-        from monitor.errors import StateError
+async def test_state_dir_replaced_by_a_file_deletes_nothing(tmp_path: Path) -> None:
+    # Red team: with the state dir unwritable each run deleted 16 channels unaudited.
+    async with sim_env(tmp_path) as env:
 
-        raise StateError("disk full", path=str(self.path / "audit.jsonl"))
+        def break_it() -> None:
+            shutil.rmtree(env.state_dir.path)
+            env.state_dir.path.write_text("not a directory")
+
+        await _run_with_unwritable_audit(env, break_it)
+        env.state_dir.path.unlink()
+        env.state_dir.path.mkdir()
+        report = await env.rec.run(trigger="test")  # fixed: the next run cleans up
+        assert report.result == "ok" and len(report.deleted) == 20
+        assert len(env.audit("intent")) == len(env.audit("deleted")) == 20
+
+
+async def test_disk_full_on_fsync_deletes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def enospc(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async with sim_env(tmp_path) as env:
+        await _run_with_unwritable_audit(env, lambda: monkeypatch.setattr(os, "fsync", enospc))
 
 
 async def test_ledger_failed_late_channels_are_deleted_young(tmp_path: Path) -> None:
@@ -316,11 +373,17 @@ async def test_census_metrics_and_status(tmp_path: Path) -> None:
         await env.seed(1, age=HOUR, prefix="general-")
         c = await env.rec.census()
         g = str(GUILD)
-        assert env.sample("cdpmon_guild_channels", guild=g) == 10
-        assert env.sample("cdpmon_guild_channel_limit", guild=g) == 100
+        assert sample_or_zero(env.metrics.registry, "cdpmon_guild_channels", guild=g) == 10
+        assert sample_or_zero(env.metrics.registry, "cdpmon_guild_channel_limit", guild=g) == 100
         for state, n in (("active", 4), ("empty", 2), ("stale", 0), ("leaked", 3)):
-            assert env.sample("cdpmon_temp_channels", guild=g, state=state) == n
-        assert env.sample("cdpmon_guild_channel_exhaustion_seconds", guild=g) == math.inf
+            assert (
+                sample_or_zero(env.metrics.registry, "cdpmon_temp_channels", guild=g, state=state)
+                == n
+            )
+        assert (
+            sample_or_zero(env.metrics.registry, "cdpmon_guild_channel_exhaustion_seconds", guild=g)
+            == math.inf
+        )
         # A cached census does not list again, nor does one asked within the list spacing.
         assert await env.rec.census() is c
         assert await env.rec.census(max_age=0) is c
@@ -330,9 +393,9 @@ async def test_census_metrics_and_status(tmp_path: Path) -> None:
         await env.seed(10, age=0, messages=1)
         await env.rec.census(max_age=0)
         assert env.requests("GET /guilds/{guild_id}/channels") == 2
-        assert env.sample("cdpmon_guild_channel_exhaustion_seconds", guild=g) == pytest.approx(
-            480.0, rel=0.01
-        )
+        assert sample_or_zero(
+            env.metrics.registry, "cdpmon_guild_channel_exhaustion_seconds", guild=g
+        ) == pytest.approx(480.0, rel=0.01)
         status = env.rec.status()
         assert status["channels"]["channels"] == 20
         assert status["reconcile"]["last_run"] is None
@@ -389,10 +452,7 @@ async def test_loop_runs_on_its_own(tmp_path: Path) -> None:
         task = asyncio.create_task(env.rec.loop(lambda: ("closed", NOW - HOUR), tick=1.0))
         try:
             # Waiting for the simulator's answers (real I/O), not for time-based logic.
-            for _ in range(1000):
-                if env.rec.last_report is not None:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_for(lambda: env.rec.last_report is not None, what="the first report")
         finally:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -424,9 +484,57 @@ async def test_reconcile_once_reads_the_daemon_ledger(tmp_path: Path) -> None:
             live = await reconcile_once(config, dry_run=False, session=http, clock=clock)
         assert [d["name"] for d in live.deleted] == ["cdp-chat-abc"]
         assert [c.name for c in sim.state.channels.values()] == ["cdp-chat-young"]
-        assert [r["dry_run"] for r in StateDir(state).read_audit()] == [True, False]
+        assert [r["event"] for r in StateDir(state).read_audit()] == [
+            "dry_run",
+            "intent",
+            "deleted",
+        ]
         assert (state / LEDGER_FILE).exists()
         text = format_report(live)
         assert "deleted:" in text and "cdp-chat-abc" in text and "ledger_failed" in text
     finally:
         await sim.stop()
+
+
+async def test_200_concurrent_post_reconcile_list_the_guild_at_most_twice(
+    discord_sim: DiscordSimulator, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # The red team's reproduction, through the control API of a running daemon.
+    await seed(http, discord_sim, count=2, age_seconds=3600)
+    timers = {"interval": "1h", "census_interval": "1h", "list_spacing": "1h"}
+    config = fast_config(discord_sim, tmp_path / "state", reconcile={"enabled": True, **timers})
+    route = ("GET /guilds/{guild_id}/channels", 200)
+    async with running_daemon(config) as daemon:
+        before = discord_sim.state.requests[route]
+        auth = {"Authorization": "Bearer control-secret"}
+
+        # Fewer connections than control.max_connections (64): past it the listener sheds
+        # connections by design, which is not what this test is about.
+        connector = aiohttp.TCPConnector(limit=48)
+        async with aiohttp.ClientSession(connector=connector) as capped:
+
+            async def post() -> int:
+                body = {"dry_run": True}
+                url = f"{daemon.control_url}/reconcile"
+                async with capped.post(url, json=body, headers=auth) as r:
+                    assert (await r.json())["dry_run"] is True
+                    return r.status
+
+            assert set(await asyncio.gather(*(post() for _ in range(200)))) == {200}
+        assert discord_sim.state.requests[route] - before <= 2
+
+
+async def test_every_delete_that_reaches_discord_was_paced(tmp_path: Path) -> None:
+    # Red team: aiohttp resends an idempotent request once, unseen by the limiter, when
+    # the connection is reset: DELETEs peaked at 45/s against a configured 25/s.
+    async with sim_env(tmp_path) as env:
+        await env.seed(6, age=HOUR)
+        url = f"{env.sim.admin_url}/faults"
+        faults = {"reset_rate": 1.0, "routes": ["DELETE /channels/{channel_id}"]}
+        async with env.http.put(url, json={"rest": faults}) as resp:
+            assert resp.status == 200
+        report = await env.rec.run(trigger="test")
+        assert report.deleted == [] and report.errors
+        received = sum(env.sim.state.requests.values())
+        assert env.requests("DELETE /channels/{channel_id}") > 0
+        assert received == env.rest.stats.sent  # one limiter slot per request Discord saw

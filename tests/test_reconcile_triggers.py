@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from monitor.reconcile import Census, exhaustion_seconds, next_trigger
-from tests.reconcile_util import HOUR, MIN, NOW, cfg
+from tests.helpers.reconcile import HOUR, MIN, NOW, cfg
 
 # -- triggers and exhaustion ---------------------------------------------------------------------
 

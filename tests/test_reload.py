@@ -16,7 +16,8 @@ from monitor.config import load_config
 from monitor.daemon import Daemon
 from monitor.health.window import Sample
 from monitor.sim.discord import DiscordSimulator
-from tests.daemon_util import fast_config_dict, merge, running_daemon, wait_for
+from tests.helpers.daemon import fast_config_dict, merge, running_daemon
+from tests.helpers.wait import wait_for
 
 Observe = Callable[[Daemon], Any]
 

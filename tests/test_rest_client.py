@@ -39,8 +39,9 @@ from monitor.errors import (
 )
 from monitor.metrics import Metrics
 from monitor.sim.discord import DiscordSimulator, RouteLimit, SimSettings
-from tests import sim_util
-from tests.openapi_util import spec_request, validate_request
+from tests.helpers import sim as sim_helpers
+from tests.helpers.metrics import sample_or_zero
+from tests.helpers.openapi import spec_request, validate_request
 
 GET_CHANNEL = "GET /channels/{channel_id}"
 
@@ -69,11 +70,6 @@ def new_client(
     )
 
 
-def sample(client: DiscordRestClient, name: str, **labels: str) -> float:
-    value = client.metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
-
-
 @asynccontextmanager
 async def running_sim(
     settings: SimSettings, clock: Clock = SYSTEM_CLOCK
@@ -87,11 +83,11 @@ async def running_sim(
 
 
 async def seed(http: aiohttp.ClientSession, sim: DiscordSimulator, count: int) -> list[str]:
-    return await sim_util.seed(http, sim, count=count)
+    return await sim_helpers.seed(http, sim, count=count)
 
 
 async def set_faults(http: aiohttp.ClientSession, sim: DiscordSimulator, **rest: Any) -> None:
-    await sim_util.put_faults(http, sim, rest=rest)
+    await sim_helpers.put_faults(http, sim, rest=rest)
 
 
 def sim_count(sim: DiscordSimulator, route: str, status: int | None = None) -> int:
@@ -193,8 +189,8 @@ async def test_metrics_label_route_templates_never_ids(
     for cid in ids:
         await client.get_channel(cid)
     assert (
-        sample(
-            client,
+        sample_or_zero(
+            client.metrics.registry,
             "cdpmon_discord_requests_total",
             route="/channels/{channel_id}",
             method="GET",
@@ -203,8 +199,8 @@ async def test_metrics_label_route_templates_never_ids(
         == 3
     )
     assert (
-        sample(
-            client,
+        sample_or_zero(
+            client.metrics.registry,
             "cdpmon_discord_request_duration_seconds_count",
             route="/channels/{channel_id}",
             method="GET",
@@ -282,8 +278,8 @@ async def test_401_stops_every_call(
     assert discord_sim.state.snapshot()["total_requests"] == before + 1
     assert len(discord_sim.state.channels) == 2
     assert client.token_invalid
-    assert sample(client, "cdpmon_discord_token_invalid") == 1
-    assert sample(client, "cdpmon_discord_invalid_requests_total") == 1
+    assert sample_or_zero(client.metrics.registry, "cdpmon_discord_token_invalid") == 1
+    assert sample_or_zero(client.metrics.registry, "cdpmon_discord_invalid_requests_total") == 1
 
 
 async def test_5xx_is_retried_then_raised(
@@ -297,13 +293,26 @@ async def test_5xx_is_retried_then_raised(
     assert err.value.status == 503
     assert sim_count(discord_sim, GET_CHANNEL, 503) == 4
     route = "/channels/{channel_id}"
-    assert sample(client, "cdpmon_discord_retries_total", route=route, reason="server_error") == 3
+    assert (
+        sample_or_zero(
+            client.metrics.registry,
+            "cdpmon_discord_retries_total",
+            route=route,
+            reason="server_error",
+        )
+        == 3
+    )
     # Cloudflare's HTML 502 is an error body, not a malformed answer.
     await set_faults(http, discord_sim, error_rate=1.0, error_status=502)
     with pytest.raises(DiscordServerError) as err:
         await client.get_channel(cid)
     assert err.value.status == 502
-    assert sample(client, "cdpmon_discord_malformed_responses_total", route=route) == 0
+    assert (
+        sample_or_zero(
+            client.metrics.registry, "cdpmon_discord_malformed_responses_total", route=route
+        )
+        == 0
+    )
     # Once the fault clears, the same client succeeds.
     await set_faults(http, discord_sim, error_rate=0.0)
     assert (await client.get_channel(cid))["id"] == cid
@@ -328,7 +337,13 @@ async def test_post_is_not_retried_when_it_may_have_taken_effect(
     with pytest.raises(DiscordConnectionError):
         await client.get_current_user()
     assert (
-        sample(client, "cdpmon_discord_retries_total", route="/users/@me", reason="connection") == 3
+        sample_or_zero(
+            client.metrics.registry,
+            "cdpmon_discord_retries_total",
+            route="/users/@me",
+            reason="connection",
+        )
+        == 3
     )
     assert sim_count(discord_sim, "GET /users/@me") >= 4
 
@@ -341,11 +356,17 @@ async def test_timeouts_are_retried_then_raised(
     with pytest.raises(DiscordTimeout):
         await client.get_gateway_bot()
     assert (
-        sample(client, "cdpmon_discord_retries_total", route="/gateway/bot", reason="timeout") == 2
+        sample_or_zero(
+            client.metrics.registry,
+            "cdpmon_discord_retries_total",
+            route="/gateway/bot",
+            reason="timeout",
+        )
+        == 2
     )
     assert (
-        sample(
-            client,
+        sample_or_zero(
+            client.metrics.registry,
             "cdpmon_discord_requests_total",
             route="/gateway/bot",
             method="GET",
@@ -363,7 +384,12 @@ async def test_malformed_json_is_a_typed_error(
     with pytest.raises(DiscordMalformedResponse):
         await client.get_current_user()
     assert sim_count(discord_sim, "GET /users/@me") == 1  # not retried
-    assert sample(client, "cdpmon_discord_malformed_responses_total", route="/users/@me") == 1
+    assert (
+        sample_or_zero(
+            client.metrics.registry, "cdpmon_discord_malformed_responses_total", route="/users/@me"
+        )
+        == 1
+    )
     await set_faults(http, discord_sim, malformed_rate=0.0)
     assert (await client.get_current_user())["bot"] is True
 
@@ -386,11 +412,16 @@ async def test_user_429_from_someone_else_is_waited_out(http: aiohttp.ClientSess
         assert [s for _, _, s in log] == [429, 200]
         assert log[1][0] >= start + 10.0  # the retry waited for the window to reset
         assert client.stats.ratelimited_by_scope == {"user": 1}
-        assert sample(client, "cdpmon_discord_ratelimited_total", scope="user") == 1
-        assert sample(client, "cdpmon_discord_invalid_requests_total") == 1
         assert (
-            sample(
-                client,
+            sample_or_zero(
+                client.metrics.registry, "cdpmon_discord_ratelimited_total", scope="user"
+            )
+            == 1
+        )
+        assert sample_or_zero(client.metrics.registry, "cdpmon_discord_invalid_requests_total") == 1
+        assert (
+            sample_or_zero(
+                client.metrics.registry,
                 "cdpmon_discord_retries_total",
                 route="/channels/{channel_id}",
                 reason="ratelimited",
@@ -410,8 +441,13 @@ async def test_shared_429_is_waited_on_and_not_counted_invalid(http: aiohttp.Cli
         assert sim.state.ratelimited["shared"] == 3
         times = [t for t, _, _ in sim.state.request_log]
         assert all(b - a >= 1.0 for a, b in itertools.pairwise(times))
-        assert sample(client, "cdpmon_discord_ratelimited_total", scope="shared") == 3
-        assert sample(client, "cdpmon_discord_invalid_requests_total") == 0
+        assert (
+            sample_or_zero(
+                client.metrics.registry, "cdpmon_discord_ratelimited_total", scope="shared"
+            )
+            == 3
+        )
+        assert sample_or_zero(client.metrics.registry, "cdpmon_discord_invalid_requests_total") == 0
 
 
 async def test_global_429_pauses_every_bucket(http: aiohttp.ClientSession) -> None:
@@ -438,14 +474,24 @@ async def test_global_429_pauses_every_bucket(http: aiohttp.ClientSession) -> No
         assert [s for _, _, s in later] == [200, 200, 200]
         assert all(t >= limited_at + err.value.retry_after for t, _, _ in later)
         assert sim.state.ratelimited == {"global": 1}
-        assert sample(client, "cdpmon_discord_ratelimited_total", scope="global") == 1
+        assert (
+            sample_or_zero(
+                client.metrics.registry, "cdpmon_discord_ratelimited_total", scope="global"
+            )
+            == 1
+        )
 
 
 async def test_global_429s_under_real_concurrency_are_obeyed(http: aiohttp.ClientSession) -> None:
-    """A client paced far above the simulator's global limit still ends with every call done."""
-    async with running_sim(SimSettings(global_limit=5)) as sim:
+    """A client paced far above the simulator's global limit still ends with every call done.
+
+    Real concurrency (12 requests in flight together) on a shared fake clock: time moves
+    only when the client sleeps, so the count of 429s does not depend on machine load.
+    """
+    clock = FakeClock()
+    async with running_sim(SimSettings(global_limit=5), clock) as sim:
         ids = await seed(http, sim, 12)
-        client = new_client(http, sim.api_base, global_rate=1000, max_retries=5)
+        client = new_client(http, sim.api_base, clock=clock, global_rate=1000, max_retries=5)
         results = await asyncio.gather(*(client.get_channel(c) for c in ids))
         assert [r["id"] for r in results] == ids
         # 12 calls over 12 buckets against 5/s: at most 7 global 429s in the first second,
@@ -487,7 +533,14 @@ async def test_truncated_answer_is_malformed(http: aiohttp.ClientSession) -> Non
         client = new_client(http, api_base)
         with pytest.raises(DiscordMalformedResponse, match="truncated"):
             await client.get_gateway()
-        assert sample(client, "cdpmon_discord_malformed_responses_total", route="/gateway") == 1
+        assert (
+            sample_or_zero(
+                client.metrics.registry,
+                "cdpmon_discord_malformed_responses_total",
+                route="/gateway",
+            )
+            == 1
+        )
 
 
 async def test_error_bodies_that_are_not_json_still_give_typed_errors(
@@ -512,8 +565,8 @@ async def test_refused_connection_is_retried_then_raised(http: aiohttp.ClientSes
     with pytest.raises(DiscordConnectionError):
         await client.create_message(1, "hi")
     assert (
-        sample(
-            client,
+        sample_or_zero(
+            client.metrics.registry,
             "cdpmon_discord_retries_total",
             route="/channels/{channel_id}/messages",
             reason="connect",

@@ -10,9 +10,10 @@ import pytest
 from monitor.clock import FakeClock
 from monitor.discord.snowflake import snowflake_time
 from monitor.sim.discord import DiscordSimulator, RouteLimit, SimSettings
-from tests.openapi_util import spec_request, validate_exchange
-from tests.sim_util import seed
+from tests.helpers.openapi import spec_request, validate_exchange
+from tests.helpers.sim import put_faults, seed
 
+UA = "DiscordBot (https://example.invalid, 1.0)"
 RATE_HEADERS = (
     "X-RateLimit-Limit",
     "X-RateLimit-Remaining",
@@ -33,7 +34,9 @@ async def call(
     token: str | None = "sim-token",
 ) -> tuple[int, Any, dict[str, str]]:
     """Send one request to the simulator and validate the exchange against the spec."""
-    headers = {} if token is None else {"Authorization": f"Bot {token}"}
+    headers = (
+        {"User-Agent": UA} if token is None else {"Authorization": f"Bot {token}", "User-Agent": UA}
+    )
     async with http.request(
         method, sim.api_base + path, json=body, params=query, headers=headers
     ) as resp:
@@ -211,7 +214,7 @@ async def test_channel_limit_30013(
             http, sim, "POST", f"/guilds/{g}/channels", body={"name": "one-more"}
         )
         assert status == 400
-        assert err == {"code": 30013, "message": "Maximum number of guild channels reached (5)"}
+        assert err == {"code": 30013, "message": "Maximum number of server channels reached (5)"}
         assert len(sim.state.channels) == 5
     finally:
         await sim.stop()
@@ -318,10 +321,7 @@ async def test_faults_error_status_route_filter_and_clear(
 async def test_fault_502_is_html_like_cloudflare(
     http: aiohttp.ClientSession, discord_sim: DiscordSimulator
 ) -> None:
-    async with http.put(
-        f"{discord_sim.admin_url}/faults", json={"rest": {"error_rate": 1.0, "error_status": 502}}
-    ):
-        pass
+    await put_faults(http, discord_sim, rest={"error_rate": 1.0, "error_status": 502})
     async with http.get(
         f"{discord_sim.api_base}/users/@me", headers={"Authorization": "Bot sim-token"}
     ) as r:
@@ -331,8 +331,7 @@ async def test_fault_502_is_html_like_cloudflare(
 async def test_connection_reset_fault(
     http: aiohttp.ClientSession, discord_sim: DiscordSimulator
 ) -> None:
-    async with http.put(f"{discord_sim.admin_url}/faults", json={"rest": {"reset_rate": 1.0}}):
-        pass
+    await put_faults(http, discord_sim, rest={"reset_rate": 1.0})
     with pytest.raises(aiohttp.ClientConnectionError):
         async with http.get(
             f"{discord_sim.api_base}/users/@me", headers={"Authorization": "Bot sim-token"}
@@ -423,8 +422,7 @@ async def test_same_seed_same_faults(http: aiohttp.ClientSession) -> None:
         sim = DiscordSimulator(SimSettings(seed=7, route_limits={}))
         await sim.start()
         try:
-            async with http.put(f"{sim.admin_url}/faults", json={"rest": {"error_rate": 0.5}}):
-                pass
+            await put_faults(http, sim, rest={"error_rate": 0.5})
             run = []
             for _ in range(20):
                 async with http.get(sim.api_base + "/gateway") as r:
@@ -442,7 +440,7 @@ async def test_gateway_hello_ack_identify_ready(
         hello = await ws.receive_json()
         assert hello["op"] == 10 and hello["d"]["heartbeat_interval"] == 41250
         await ws.send_json({"op": 1, "d": None})
-        assert await ws.receive_json() == {"op": 11}
+        assert await ws.receive_json() == {"op": 11, "d": None}
         await ws.send_json({"op": 2, "d": {"token": "sim-token", "intents": 0, "properties": {}}})
         ready = await ws.receive_json()
         assert ready["t"] == "READY" and ready["op"] == 0
@@ -456,15 +454,11 @@ async def test_gateway_hello_ack_identify_ready(
 
 
 async def test_gateway_faults(http: aiohttp.ClientSession, discord_sim: DiscordSimulator) -> None:
-    async with http.put(f"{discord_sim.admin_url}/faults", json={"gateway": {"close_code": 4000}}):
-        pass
+    await put_faults(http, discord_sim, gateway={"close_code": 4000})
     async with http.ws_connect(discord_sim.gateway_url + "/?v=10&encoding=json") as ws:
         msg = await ws.receive()
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4000
-    async with http.put(
-        f"{discord_sim.admin_url}/faults", json={"gateway": {"close_code": None, "refuse": True}}
-    ):
-        pass
+    await put_faults(http, discord_sim, gateway={"close_code": None, "refuse": True})
     with pytest.raises(aiohttp.WSServerHandshakeError):
         await http.ws_connect(discord_sim.gateway_url + "/?v=10&encoding=json")
     assert discord_sim.state.gateway["refused"] == 1

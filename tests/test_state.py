@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import stat
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from monitor.errors import StateError
+from monitor.ledger import LEDGER_FILE, load_entries
 from monitor.state import BreakerRecord, PauseRecord, StateDir
 
 
@@ -230,3 +232,31 @@ def test_names_cannot_escape_the_directory(tmp_path: Path, name: str) -> None:
         sd.write_json(name, {})
     with pytest.raises(ValueError):
         sd.read_json(name)
+
+
+def test_ledger_entries_from_the_future_are_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = 1_700_000_000.0
+    entries = [
+        {"request_id": "ok", "state": "open", "opened_at": now - 10, "finished_at": None},
+        {"request_id": "skew", "state": "open", "opened_at": now + 60, "finished_at": None},
+        {"request_id": "month", "state": "open", "opened_at": now + 30 * 86400},
+        {"request_id": "nan", "state": "failed", "opened_at": now, "finished_at": math.nan},
+    ]
+    sd = StateDir(tmp_path)
+    (tmp_path / LEDGER_FILE).write_text(json.dumps({"entries": entries}))
+    with caplog.at_level(logging.WARNING):
+        loaded = load_entries(sd, now=now)
+    assert [e.request_id for e in loaded] == ["ok", "skew"]
+    assert "skipped 2 malformed entries" in caplog.text
+
+
+def test_state_is_written_as_strict_json(tmp_path: Path) -> None:
+    sd = StateDir(tmp_path)
+    with pytest.raises(StateError, match="serialise"):
+        sd.write_json("x.json", {"a": math.inf})
+    with pytest.raises(StateError, match="serialise"):
+        sd.append_audit({"ts": math.nan})
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "audit.jsonl").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temp file left behind

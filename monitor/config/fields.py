@@ -115,6 +115,46 @@ def _regex(value: str) -> str:
     return value
 
 
+# Names of ordinary channels (Discord lowercases text-channel names): a
+# `reconcile.name_pattern` matching any of them would have the reconciler delete channels
+# that are not CDP's. Includes the empty name and a bare `cdp`, so `""`, `.*` and `cdp`
+# are refused along with anything else that matches near everything.
+ORDINARY_CHANNEL_NAMES = (
+    "",
+    "general",
+    "rules",
+    "welcome",
+    "announcements",
+    "公告",
+    "chat",
+    "general-chat",
+    "off-topic",
+    "help",
+    "support",
+    "bot-commands",
+    "moderator-only",
+    "a",
+    "1",
+    "cdp",
+    "cdp-chat",
+    "cdp-general",
+)
+
+
+def _name_pattern(value: str) -> str:
+    _regex(value)
+    if not value.startswith("^"):
+        raise problem("must be anchored at the start with ^ (e.g. ^cdp-chat-)")
+    regex = re.compile(value)
+    hits = [name or '""' for name in ORDINARY_CHANNEL_NAMES if regex.match(name)]
+    if hits:
+        raise problem(
+            f"matches ordinary channel names ({', '.join(hits[:5])}): the reconciler would "
+            "delete channels that are not CDP's; match CDP's prefix, e.g. ^cdp-(chat|对话)-"
+        )
+    return value
+
+
 def _bot_token(value: SecretStr) -> SecretStr:
     token = value.get_secret_value()
     if not token:
@@ -168,7 +208,8 @@ HttpUrl = Annotated[str, AfterValidator(_http_url)]
 BaseUrl = Annotated[str, AfterValidator(_base_url)]
 WsUrl = Annotated[str, AfterValidator(_ws_url)]
 Listen = Annotated[str, AfterValidator(_listen)]
-Regex = Annotated[str, AfterValidator(_regex)]
+# A regex choosing channels to delete: anchored, and matching no ordinary channel name.
+NamePattern = Annotated[str, AfterValidator(_name_pattern)]
 ResolvedPath = Annotated[Path, AfterValidator(_resolve_path)]
 Argv = Annotated[tuple[str, ...], AfterValidator(_non_empty)]
 BotToken = Annotated[SecretStr, AfterValidator(_bot_token)]

@@ -21,6 +21,10 @@ from monitor.config.schema import Config
 from monitor.errors import ConfigError
 
 _SECRET_SECTIONS = ("discord", "control")
+# A config is a few hundred nodes (a long protected-id list a few thousand). Aliases can
+# make a tiny file expand to billions (the "billion laughs"): refuse past this many nodes
+# with aliases expanded, counted without expanding them.
+MAX_EXPANDED_NODES = 100_000
 _ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
 
 
@@ -98,6 +102,10 @@ def _load_yaml(text: str) -> tuple[Any, list[tuple[str, str]]]:
         node = loader.get_single_node()
         if node is None:
             return None, []
+        if _expanded_size(node, {}, set()) > MAX_EXPANDED_NODES:
+            raise ConfigError(
+                [("", f"not valid YAML: aliases expand it past {MAX_EXPANDED_NODES} nodes")]
+            )
         duplicates = list(_find_duplicates(node, (), set()))
         return loader.construct_document(node), duplicates
     except yaml.MarkedYAMLError as exc:
@@ -109,6 +117,27 @@ def _load_yaml(text: str) -> tuple[Any, list[tuple[str, str]]]:
         raise ConfigError([("", f"not valid YAML: {exc}")]) from None
     finally:
         loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], busy: set[int]) -> int:
+    """How many nodes the document has with every alias expanded (memoised per node, so
+    linear in the composed graph); a recursive alias counts as too many."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    if id(node) in busy:
+        return MAX_EXPANDED_NODES + 1
+    busy.add(id(node))
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            total += _expanded_size(key_node, sizes, busy) + _expanded_size(value_node, sizes, busy)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            total += _expanded_size(item, sizes, busy)
+    busy.discard(id(node))
+    sizes[id(node)] = total = min(total, MAX_EXPANDED_NODES + 1)
+    return total
 
 
 def _find_duplicates(node: yaml.Node, loc: Loc, seen_nodes: set[int]) -> Iterator[tuple[str, str]]:

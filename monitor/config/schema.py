@@ -24,10 +24,10 @@ from monitor.config.fields import (
     Int,
     Listen,
     Lowercase,
+    NamePattern,
     Number,
     OptionalToken,
     PositiveDuration,
-    Regex,
     ResolvedPath,
     Size,
     Snowflake,
@@ -182,6 +182,11 @@ class GateConfig(_Section):
     cdp_default_channel: bool = False
     max_body: Annotated[Size, Field(ge=1)] = 1024 * 1024
     upstream_timeout: PositiveDuration = 330.0
+    # Listener limits against slow and idle clients (slowloris, descriptor exhaustion).
+    header_timeout: PositiveDuration = 10.0
+    body_timeout: PositiveDuration = 60.0
+    idle_timeout: PositiveDuration = 30.0
+    max_connections: Annotated[Int, Field(ge=1)] = 1024
 
     @model_validator(mode="after")
     def _not_a_loop(self) -> GateConfig:
@@ -203,7 +208,7 @@ class GateConfig(_Section):
 class ReconcileConfig(_Section):
     enabled: bool = True
     interval: PositiveDuration = 300.0
-    name_pattern: Regex = DEFAULT_NAME_PATTERN
+    name_pattern: NamePattern = DEFAULT_NAME_PATTERN
     protected_channel_ids: SnowflakeSet = frozenset()
     min_age: Duration = 600.0
     emergency_min_age: Duration = 120.0
@@ -233,6 +238,10 @@ class ControlConfig(_Section):
     listen: Listen = "127.0.0.1:9105"
     token: OptionalToken = None
     token_file: ResolvedPath | None = None  # where `token` was read from, if anywhere
+    header_timeout: PositiveDuration = 10.0
+    body_timeout: PositiveDuration = 10.0
+    idle_timeout: PositiveDuration = 30.0
+    max_connections: Annotated[Int, Field(ge=1)] = 64
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> ControlConfig:

@@ -10,6 +10,10 @@ Two layers:
   An unknown bucket lets one request through to learn its limits, so a burst costs at
   most the 429s someone else caused.
 
+No call waits longer than ``max_wait`` for its turn: ``acquire`` raises
+`DiscordRateLimited` at once when the pause it would sit out is longer (a shared 429 of
+1336 s would otherwise hang every later call on its bucket).
+
 `parse_429` reads what a 429 says (how long, global or not, whose limit); `backoff_delay`
 spaces the retries of failed requests.
 """
@@ -17,12 +21,14 @@ spaces the retries of failed requests.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from monitor.clock import Clock
+from monitor.errors import DiscordRateLimited
 
 # Reset-After and retry_after are rounded to milliseconds: wait a hair longer than they say.
 RESET_MARGIN = 0.005
@@ -84,6 +90,7 @@ class Bucket:
         self.outgoing = 0
         self.reset_at: float | None = None  # monotonic end of the current window
         self.blocked_until = 0.0  # a 429 said: nothing before then
+        self.blocked_scope = "user"  # whose limit that 429 was
         self.generation = 0
         self.fresh = True  # no current-generation answer seen yet
         self.changed = asyncio.Event()
@@ -122,9 +129,10 @@ class Bucket:
             return  # a late answer about a window we already left
         self.reset_at = reset_at
 
-    def block(self, until: float) -> None:
+    def block(self, until: float, scope: str) -> None:
         """A 429 on this bucket: nothing goes before ``until`` whatever answers say."""
-        self.blocked_until = max(self.blocked_until, until)
+        if until > self.blocked_until:
+            self.blocked_until, self.blocked_scope = until, scope
 
     def notify(self) -> None:
         self.changed.set()
@@ -149,13 +157,15 @@ class Ticket:
 class RateLimiter:
     """Bucket bookkeeping plus the global pacer. All methods run on one event loop."""
 
-    def __init__(self, *, global_rate: float, clock: Clock) -> None:
+    def __init__(self, *, global_rate: float, clock: Clock, max_wait: float = math.inf) -> None:
         if global_rate <= 0:
             raise ValueError("global_rate must be positive")
         self._interval = 1.0 / global_rate
         self._clock = clock
+        self._max_wait = max_wait
         self._next_slot = 0.0
         self._global_until = 0.0
+        self._global_scope = "global"
         self._hashes: dict[tuple[str, str], str] = {}
         # Keyed by (bucket id, major parameter); the bucket id is Discord's hash once
         # known, else "METHOD /route/template".
@@ -190,30 +200,51 @@ class RateLimiter:
                 del self._buckets[key]
 
     async def acquire(self, method: str, route: str, major: str) -> Ticket:
-        """Wait until the bucket has room and a global slot is due."""
+        """Wait until the bucket has room and a global slot is due; raise
+        `DiscordRateLimited` at once if that would take longer than ``max_wait``."""
+        deadline = self._clock.monotonic() + self._max_wait
         while True:
             b = self.bucket(method, route, major)
-            wait = b.wait_time(self._clock.monotonic())
+            now = self._clock.monotonic()
+            wait = b.wait_time(now)
             if wait == 0.0:
                 break
             if wait is None:
-                await b.changed.wait()
-            else:
-                await self._clock.sleep(wait)
+                await b.changed.wait()  # an answer in flight: bounded by its timeout
+                continue
+            if now + wait > deadline:
+                raise self._too_long(method, route, wait, b.blocked_scope, is_global=False)
+            await self._clock.sleep(wait)
         b.remaining -= 1
         b.outgoing += 1
         ticket = Ticket(b, b.generation, method, route, major)
         try:
-            await self._global_slot()
+            await self._global_slot(deadline, method, route)
         except BaseException:
             self.release(ticket, None)
             raise
         return ticket
 
-    async def _global_slot(self) -> None:
+    def _too_long(
+        self, method: str, route: str, wait: float, scope: str, *, is_global: bool
+    ) -> DiscordRateLimited:
+        why = f"rate limited: would wait {wait:.2f}s, over max_ratelimit_wait {self._max_wait:g}s"
+        return DiscordRateLimited(
+            retry_after=wait,
+            is_global=is_global,
+            scope=scope,
+            message=why,
+            route=route,
+            method=method,
+        )
+
+    async def _global_slot(self, deadline: float, method: str, route: str) -> None:
         while True:
             now = self._clock.monotonic()
             slot = max(now, self._next_slot, self._global_until)
+            if slot > deadline:  # checked before reserving, so no slot is wasted
+                scope = self._global_scope if self._global_until > now else "global"
+                raise self._too_long(method, route, slot - now, scope, is_global=True)
             self._next_slot = slot + self._interval
             if slot > now:
                 await self._clock.sleep(slot - now)
@@ -236,20 +267,21 @@ class RateLimiter:
             b.update(rl, ticket.generation, self._clock.monotonic())
         b.notify()
 
-    def pause_bucket(self, ticket: Ticket, seconds: float) -> None:
-        ticket.bucket.block(self._clock.monotonic() + seconds + RESET_MARGIN)
+    def pause_bucket(self, ticket: Ticket, seconds: float, scope: str = "user") -> None:
+        ticket.bucket.block(self._clock.monotonic() + seconds + RESET_MARGIN, scope)
         ticket.bucket.notify()
 
     def obey_429(self, ticket: Ticket, said: TooManyRequests) -> None:
         """Hold back the whole token or the ticket's bucket for as long as a 429 says."""
         if said.is_global:
-            self.pause_global(said.retry_after)
+            self.pause_global(said.retry_after, said.scope)
         else:
-            self.pause_bucket(ticket, said.retry_after)
+            self.pause_bucket(ticket, said.retry_after, said.scope)
 
-    def pause_global(self, seconds: float) -> None:
+    def pause_global(self, seconds: float, scope: str = "global") -> None:
         until = self._clock.monotonic() + seconds + RESET_MARGIN
-        self._global_until = max(self._global_until, until)
+        if until > self._global_until:
+            self._global_until, self._global_scope = until, scope
 
     @property
     def global_paused_until(self) -> float:
@@ -267,15 +299,15 @@ class TooManyRequests:
 
 def parse_429(headers: Mapping[str, str], data: Mapping[str, Any]) -> TooManyRequests:
     """Read a 429 from its headers and JSON body (the body's retry_after wins)."""
-    retry_after = _float(data.get("retry_after"))
+    retry_after = float_or_none(data.get("retry_after"))
     if retry_after is None:
-        retry_after = _float(headers.get("Retry-After")) or 1.0
+        retry_after = float_or_none(headers.get("Retry-After")) or 1.0
     is_global = bool(data.get("global")) or headers.get("X-RateLimit-Global", "").lower() == "true"
     scope = headers.get("X-RateLimit-Scope") or ("global" if is_global else "user")
     return TooManyRequests(retry_after, is_global, scope)
 
 
-def _float(value: object) -> float | None:
+def float_or_none(value: object) -> float | None:
     try:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

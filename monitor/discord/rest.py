@@ -3,7 +3,9 @@
 
 Errors are the typed ones of ``monitor.errors``. After one 401 the client refuses every
 further call without sending anything, because Discord resets tokens (and Cloudflare
-bans IPs) that keep hammering with a dead one.
+bans IPs) that keep hammering with a dead one. A Cloudflare ban (a 429 Discord did not
+make) is never retried: every call on every route fails with `DiscordCloudflareBan`,
+without sending, until the ban is over.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import aiohttp
 from monitor import USER_AGENT
 from monitor.clock import SYSTEM_CLOCK, Clock
 from monitor.config import DiscordConfig
+from monitor.discord.attempts import no_hidden_resend
+from monitor.discord.ban import BanGate, is_cloudflare_ban
+from monitor.discord.endpoints import Endpoints
 from monitor.discord.ratelimit import RateLimiter, Ticket, backoff_delay, major_parameter, parse_429
 from monitor.errors import (
     DiscordConnectionError,
@@ -70,7 +75,7 @@ class _Retry(Exception):
         self.delay = delay  # None: exponential backoff
 
 
-class DiscordRestClient:
+class DiscordRestClient(Endpoints):
     """Concurrency-safe Discord REST client; one per bot token."""
 
     def __init__(
@@ -103,8 +108,11 @@ class DiscordRestClient:
         self._backoff_cap = backoff_cap
         self._max_ratelimit_wait = max_ratelimit_wait
         self._rng = rng or random.Random()
-        self._limiter = RateLimiter(global_rate=global_rate, clock=clock)
+        self._limiter = RateLimiter(
+            global_rate=global_rate, clock=clock, max_wait=max_ratelimit_wait
+        )
         self._token_invalid = False
+        self._ban = BanGate(clock)
         self.stats = ClientStats()
 
     @classmethod
@@ -134,6 +142,11 @@ class DiscordRestClient:
     @property
     def token_invalid(self) -> bool:
         return self._token_invalid
+
+    @property
+    def banned_for(self) -> float:
+        """Seconds left of a Cloudflare ban (0: not banned)."""
+        return self._ban.left()
 
     @property
     def limiter(self) -> RateLimiter:
@@ -202,11 +215,13 @@ class DiscordRestClient:
         query: Mapping[str, str | int] | None,
     ) -> Any:
         self._refuse_if_token_invalid(method, route)
+        self._ban.refuse(method, route)
         ticket = await self._limiter.acquire(method, route, major)
         headers: Mapping[str, str] | None = None
         try:
-            # The token may have died while we waited for our slot.
+            # The token may have died, or the IP been banned, while we waited for our slot.
             self._refuse_if_token_invalid(method, route)
+            self._ban.refuse(method, route)
             self.stats.sent += 1
             started = self._clock.monotonic()
             try:
@@ -217,6 +232,7 @@ class DiscordRestClient:
                     json=json,
                     params=query,
                     timeout=self._timeout,
+                    middlewares=(no_hidden_resend(),),
                 ) as resp:
                     headers = resp.headers
                     status = resp.status
@@ -261,6 +277,8 @@ class DiscordRestClient:
                 raise self._malformed(route, method, f"HTTP {status} body is not JSON") from exc
         code, message, data = _error_fields(body)
         kw: dict[str, Any] = {"code": code, "message": message, "route": route, "method": method}
+        if status == 429 and is_cloudflare_ban(headers, body):
+            self._banned(method, route, headers, kw)
         if status == 429:
             self._handle_429(method, route, headers, data, ticket, kw)
         if status in (401, 403):
@@ -290,9 +308,7 @@ class DiscordRestClient:
         said = parse_429(headers, data)
         self._limiter.obey_429(ticket, said)
         retry_after, is_global, scope = said.retry_after, said.is_global, said.scope
-        self.stats.ratelimited += 1
-        self.stats.ratelimited_by_scope[scope] = self.stats.ratelimited_by_scope.get(scope, 0) + 1
-        self._metrics.discord_ratelimited.labels(scope=scope).inc()
+        self._count_429(scope)
         if scope != "shared":
             self._count_invalid()
         self._log.warning(
@@ -308,6 +324,27 @@ class DiscordRestClient:
             raise err
         # The limiter already holds the wait; backoff on top would only slow us down.
         raise _Retry("ratelimited", err, delay=0.0)
+
+    def _banned(
+        self, method: str, route: str, headers: Mapping[str, str], kw: dict[str, Any]
+    ) -> NoReturn:
+        err = self._ban.start(headers, **kw)
+        self._count_429("cloudflare")
+        self._count_invalid()
+        self._log.error(
+            "discord: %s %s answered by Cloudflare, not Discord (%r): this IP is banned; "
+            "no Discord call for %.0fs",
+            method,
+            route,
+            kw["message"][:80],
+            err.retry_after,
+        )
+        raise err
+
+    def _count_429(self, scope: str) -> None:
+        self.stats.ratelimited += 1
+        self.stats.ratelimited_by_scope[scope] = self.stats.ratelimited_by_scope.get(scope, 0) + 1
+        self._metrics.discord_ratelimited.labels(scope=scope).inc()
 
     def _refuse_if_token_invalid(self, method: str, route: str) -> None:
         if self._token_invalid:
@@ -330,56 +367,6 @@ class DiscordRestClient:
         self._metrics.discord_requests.labels(route=route, method=method, code=code).inc()
         self._metrics.discord_request_duration.labels(route=route, method=method).observe(
             max(0.0, self._clock.monotonic() - started)
-        )
-
-    # -- helpers for the endpoints the monitor uses ------------------------------------
-
-    async def get_gateway(self) -> Any:
-        return await self.request("GET", "/gateway")
-
-    async def get_gateway_bot(self) -> Any:
-        return await self.request("GET", "/gateway/bot")
-
-    async def get_current_user(self) -> Any:
-        return await self.request("GET", "/users/@me")
-
-    async def list_guild_channels(self, guild_id: int | str) -> Any:
-        return await self.request(
-            "GET", "/guilds/{guild_id}/channels", params={"guild_id": guild_id}
-        )
-
-    async def create_guild_channel(self, guild_id: int | str, name: str, type: int = 0) -> Any:
-        return await self.request(
-            "POST",
-            "/guilds/{guild_id}/channels",
-            params={"guild_id": guild_id},
-            json={"name": name, "type": type},
-        )
-
-    async def get_channel(self, channel_id: int | str) -> Any:
-        return await self.request(
-            "GET", "/channels/{channel_id}", params={"channel_id": channel_id}
-        )
-
-    async def delete_channel(self, channel_id: int | str) -> Any:
-        return await self.request(
-            "DELETE", "/channels/{channel_id}", params={"channel_id": channel_id}
-        )
-
-    async def list_messages(self, channel_id: int | str, limit: int = 50) -> Any:
-        return await self.request(
-            "GET",
-            "/channels/{channel_id}/messages",
-            params={"channel_id": channel_id},
-            query={"limit": limit},
-        )
-
-    async def create_message(self, channel_id: int | str, content: str) -> Any:
-        return await self.request(
-            "POST",
-            "/channels/{channel_id}/messages",
-            params={"channel_id": channel_id},
-            json={"content": content},
         )
 
 

@@ -22,11 +22,15 @@ from prometheus_client import Gauge, Histogram
 from monitor.clock import Clock
 from monitor.config import GateConfig
 from monitor.gate.admission import CreateAdmission, Refusal
-from monitor.gate.classify import is_create_request
+from monitor.gate.classify import CHAT_PATHS, EXPLICIT_CREATE_PATHS, is_create_request, routed_path
 from monitor.gate.proxy import Outcome, Proxy, error_response
 from monitor.health.owner import Health
 from monitor.health.window import Sample
+from monitor.httpserve import ERRORS, LIMITS, BodyTimeout, Limits, read_body
 from monitor.metrics import Metrics
+
+# Paths whose bodies decide a create: their bodies must reach CDP as the gate read them.
+_INSPECTED_PATHS = CHAT_PATHS | EXPLICIT_CREATE_PATHS
 
 
 class Ledger(Protocol):
@@ -92,6 +96,13 @@ class Gate:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body)
+        app[LIMITS] = Limits(
+            header_timeout=self.config.header_timeout,
+            body_timeout=self.config.body_timeout,
+            idle_timeout=self.config.idle_timeout,
+            max_connections=self.config.max_connections,
+        )
+        app[ERRORS] = error_response
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 
@@ -125,23 +136,37 @@ class Gate:
         limit = self.config.max_body
         return error_response(413, "body_too_large", f"request body over {limit} bytes")
 
+    def _refuse_request(self, status: int, code: str, message: str) -> web.Response:
+        self._count("other", code)
+        return error_response(status, code, message)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = self._clock.monotonic()
+        # The raw target is what CDP receives (forwarded unchanged), so classify it,
+        # not aiohttp's normalised view of it.
+        path = routed_path(request.raw_path)
+        if path is None:
+            return self._refuse_request(400, "invalid_path", "ambiguous request path")
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding != "identity" and path.rstrip("/") in _INSPECTED_PATHS:
+            # CDP reads these bodies undecoded; refuse rather than guess what it sees.
+            return self._refuse_request(
+                415, "unsupported_content_encoding", "compressed request bodies are not accepted"
+            )
         length = request.content_length
         if length is not None and length > self.config.max_body:
             return self._too_large()
         try:
             # Reads to the end; the app's client_max_size (gate.max_body) caps it.
-            body = await request.read()
+            body = await read_body(request)
         except web.HTTPRequestEntityTooLarge:
             return self._too_large()
+        except BodyTimeout as exc:
+            return self._refuse_request(408, "body_timeout", str(exc))
         except (aiohttp.ClientPayloadError, ConnectionError):
-            return error_response(400, "bad_request", "could not read the request body")
+            return self._refuse_request(400, "bad_request", "could not read the request body")
         create = is_create_request(
-            request.method,
-            request.path,
-            body,
-            cdp_default_channel=self.config.cdp_default_channel,
+            request.method, path, body, cdp_default_channel=self.config.cdp_default_channel
         )
         if not create:
             return await self._forward(request, body, started, create=False)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 HOP_BY_HOP = frozenset(
     {
@@ -49,9 +50,8 @@ def error_response(
 ) -> web.Response:
     """An OpenAI-style error answer."""
     headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
-    body = {"error": {"message": message, "type": "server_error", "code": code}}
-    if status == 413:
-        body["error"]["type"] = "invalid_request_error"
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "code": code}}
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -92,7 +92,8 @@ class Outcome:
 
 
 def _timed_out() -> web.Response:
-    return error_response(504, "upstream_timeout", "CDP (the upstream) did not answer in time")
+    # 502, not 504: API gateways in front disable a channel on 504 (DESIGN section 7).
+    return error_response(502, "upstream_timeout", "CDP (the upstream) did not answer in time")
 
 
 class Proxy:
@@ -125,17 +126,20 @@ class Proxy:
         try:
             upstream = await self._session.request(
                 request.method,
-                self._base + request.rel_url.raw_path_qs,
+                # The raw target, unnormalised: the path the gate classified.
+                URL(self._base + request.raw_path, encoded=True),
                 headers=forward_headers(request.headers, request.remote),
                 data=body if body else None,
                 allow_redirects=False,
                 timeout=self._timeout,
             )
+        except TimeoutError:
+            # Before ClientError: aiohttp's ServerTimeoutError is both. Our own timeout
+            # on CDP is no evidence about Discord: no health sample.
+            return Outcome(_timed_out(), "upstream_timeout", ok=None)
         except aiohttp.ClientError as exc:
             # CDP down or resetting is CDP's trouble, not Discord's: no health sample.
             return self._unavailable(exc)
-        except TimeoutError:
-            return Outcome(_timed_out(), "upstream_timeout", ok=False)
         async with upstream:
             request_id = upstream.headers.get("X-Request-Id")
             if request_id and on_request_id is not None:
@@ -156,7 +160,7 @@ class Proxy:
         try:
             data = await upstream.read()
         except TimeoutError:
-            return Outcome(_timed_out(), "upstream_timeout", ok=False, request_id=request_id)
+            return Outcome(_timed_out(), "upstream_timeout", ok=None, request_id=request_id)
         except aiohttp.ClientError as exc:
             return self._unavailable(exc)
         failure_seen = create and upstream.status >= 400 and any(m in data for m in FAILURE_MARKERS)
@@ -192,9 +196,10 @@ class Proxy:
                 await response.write(chunk)
             await response.write_eof()
         except TimeoutError:
-            # CDP went quiet mid-answer: a failure, but CDP may still be using the
-            # channel, so the ledger keeps the request open (its channel protected).
-            return Outcome(response, "upstream_timeout", ok=False, request_id=request_id)
+            # CDP went quiet mid-answer: our own timeout, no evidence about Discord (no
+            # sample); CDP may still be using the channel, so the ledger keeps the
+            # request open (its channel protected).
+            return Outcome(response, "upstream_timeout", ok=None, request_id=request_id)
         except ConnectionResetError:
             # The client went away mid-stream: not Discord's fault, no sample; CDP
             # finishes the request on its own.

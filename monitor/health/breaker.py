@@ -10,8 +10,9 @@ here, both without touching its internals:
   into the open state: :meth:`HealthBreaker.tick` compares ``now`` with ``retry_at``
   itself and calls pybreaker's public ``half_open()``.
 - Backoff and pause. The open period is ``open_duration(trips)``; a manual pause is an
-  overlay (``forced_open``) that freezes the machine until it is lifted, and lifting it
-  closes the machine.
+  overlay (``forced_open``) that freezes the machine until it is lifted; lifting it, or
+  ``resume`` alone, closes the machine (the operator's word overrides the backoff). A
+  pause that cannot be saved holds but raises PauseNotPersistedError (``persisted: false``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import pybreaker
 
-from monitor.errors import StateError
+from monitor.errors import PauseNotPersistedError, StateError
 from monitor.health.machine import (
     FROM_PYBREAKER,
     STATE_CLOSED,
@@ -40,6 +41,7 @@ from monitor.health.machine import (
     breaker_settings,
     healthy,
     open_duration,
+    restore,
 )
 from monitor.health.machine import unstable as unstable_fn
 from monitor.health.window import Verdict
@@ -75,24 +77,15 @@ class HealthBreaker:
         self.listeners: list[TransitionListener] = list(listeners)
         start = time.time() if now is None else now
 
-        record = state_dir.load_breaker() if state_dir else None
-        self._pause: PauseRecord | None = state_dir.load_pause() if state_dir else None
-        machine = record.state if record else STATE_CLOSED
-        self._storage = InjectedTimeStorage(TO_PYBREAKER[machine])
-        self._storage.now = start
-        self._trips = record.trips if record else 0
-        self._machine_since = record.since if record else start
-        self._closed_since: float | None = None
-        if machine == STATE_CLOSED:
-            self._closed_since = record.closed_since if record else start
-        elif machine == STATE_OPEN:
-            # An open record without its timestamp is damaged; reopen from now.
-            opened = record.opened_at if record else None
-            self._storage.opened_ts = start if opened is None else opened
-        self._last_transition: dict[str, Any] | None = (
-            dict(record.last_transition) if record and record.last_transition else None
-        )
-        self._state = STATE_FORCED_OPEN if self._pause else machine
+        saved = restore(state_dir.load_breaker(start) if state_dir else None, start)
+        self._pause: PauseRecord | None = state_dir.load_pause(start) if state_dir else None
+        self._pause_saved = True  # False: the pause in force is not on disk
+        self._storage = InjectedTimeStorage(TO_PYBREAKER[saved.state], start, saved.opened_at)
+        self._trips = saved.trips
+        self._machine_since = saved.since
+        self._closed_since: float | None = saved.closed_since
+        self._last_transition: dict[str, Any] | None = saved.last_transition
+        self._state = STATE_FORCED_OPEN if self._pause else saved.state
         self._since = self._pause.since if self._pause else self._machine_since
         self._trials = 0
         self._reason = ""
@@ -144,7 +137,10 @@ class HealthBreaker:
     def paused(self) -> dict[str, Any] | None:
         if self._pause is None:
             return None
-        return {"reason": self._pause.reason, "until": self._pause.until}
+        out: dict[str, Any] = {"reason": self._pause.reason, "until": self._pause.until}
+        if not self._pause_saved:
+            out["persisted"] = False  # a restart would lose it
+        return out
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready state for /status."""
@@ -192,11 +188,7 @@ class HealthBreaker:
 
     def retry_after(self, now: float) -> float:
         """Seconds a refused client should wait (for ``Retry-After``); at least 1."""
-        until: float | None = None
-        if self._state == STATE_OPEN:
-            until = self._open_until()
-        elif self._state == STATE_FORCED_OPEN and self._pause and self._pause.until is not None:
-            until = self._pause.until
+        until = self.retry_at if self._state in (STATE_OPEN, STATE_FORCED_OPEN) else None
         # Indefinite pause or half-open with its trials used: no known end, so suggest
         # the base open period.
         wait = self._settings.reset_timeout if until is None else until - now
@@ -261,23 +253,27 @@ class HealthBreaker:
     # -- pause ----------------------------------------------------------------------
 
     def pause(self, now: float, *, reason: str = "", until: float | None = None) -> None:
-        """Force the breaker open until `until` (None: until :meth:`resume`).
-
-        Pausing again while paused replaces the reason and expiry.
-        """
+        """Force the breaker open until `until` (None: until :meth:`resume`); pausing again
+        replaces the reason and expiry. PauseNotPersistedError: in force, but not saved."""
         if until is not None and until <= now:
             raise ValueError("pause expiry must be in the future")
         since = self._pause.since if self._pause else now
         self._pause = PauseRecord(reason=reason, until=until, since=since)
-        self._save(lambda d: d.save_pause(self._pause))
+        failed = self._save(lambda d: d.save_pause(self._pause))
+        self._pause_saved = failed is None
         expiry = "indefinitely" if until is None else f"for {format_duration(until - now)}"
         self._transition(STATE_FORCED_OPEN, f"paused {expiry}: {reason or 'no reason'}", now)
+        if failed is not None:
+            raise PauseNotPersistedError(paused=True, cause=failed)
 
     def resume(self, now: float) -> bool:
-        """Lift a pause (the breaker closes); False if it was not paused."""
-        if self._pause is None:
+        """Lift a pause and close the machine (open or half-open on its own too); False if
+        closed already. PauseNotPersistedError: resumed, but pause.json still there."""
+        if self._pause is None and self._machine_state() == STATE_CLOSED:
             return False
-        self._lift(now, "resumed by operator")
+        failed = self._lift(now, "resumed by operator")
+        if failed is not None:
+            raise PauseNotPersistedError(paused=False, cause=failed)
         return True
 
     def reconfigure(self, settings: BreakerSettings) -> None:
@@ -296,10 +292,8 @@ class HealthBreaker:
         return None if opened is None else opened + open_duration(self._trips, self._settings)
 
     def _backoff_expired(self, now: float) -> bool:
-        return (
-            self._closed_since is not None
-            and now - self._closed_since >= self._settings.backoff_reset_after
-        )
+        since = self._closed_since
+        return since is not None and now - since >= self._settings.backoff_reset_after
 
     @contextlib.contextmanager
     def _driving(self, now: float, reason: str) -> Iterator[None]:
@@ -336,9 +330,13 @@ class HealthBreaker:
         if self._pause is None:
             self._pending.append((new, reason, now))
 
-    def _lift(self, now: float, reason: str) -> None:
-        self._pause = None
-        self._save(lambda d: d.save_pause(None))
+    def _lift(self, now: float, reason: str) -> StateError | None:
+        """Lift the pause, if any, and close the machine; the error removing pause.json."""
+        failed = None
+        if self._pause is not None:
+            self._pause = None
+            self._pause_saved = True
+            failed = self._save(lambda d: d.save_pause(None))
         if self._machine_state() != STATE_CLOSED:
             with self._driving(now, reason):
                 self._cb.close()
@@ -347,6 +345,7 @@ class HealthBreaker:
             self._closed_since = now
             self._machine_since = now
             self._transition(STATE_CLOSED, reason, now)
+        return failed
 
     def _transition(self, new: str, reason: str, now: float) -> None:
         old = self._state
@@ -375,14 +374,17 @@ class HealthBreaker:
         )
         self._save(lambda d: d.save_breaker(record))
 
-    def _save(self, write: Callable[[StateDir], None]) -> None:
+    def _save(self, write: Callable[[StateDir], None]) -> StateError | None:
+        """Write; on failure log it and return the error (None when saved)."""
         if self._state_dir is None:
-            return
+            return None
         try:
             write(self._state_dir)
         except StateError as e:
             # Losing persistence degrades restarts; crashing would stop the gate deciding.
             self._log.error("cannot persist breaker state: %s", e)
+            return e
+        return None
 
 
 __all__ = [

@@ -1,6 +1,7 @@
 """The health breaker's parts below its state machine (see monitor.health.breaker): its
-settings and open-period arithmetic, and the pybreaker glue (injected-time storage, the
-listener relay, the two callables an evaluation is fed through)."""
+settings and open-period arithmetic, where a restart resumes from, and the pybreaker glue
+(injected-time storage, the listener relay, the two callables an evaluation is fed
+through)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pybreaker
 
 if TYPE_CHECKING:
     from monitor.config import BreakerConfig
+    from monitor.state import BreakerRecord
 
 STATE_CLOSED = "closed"
 STATE_OPEN = "open"
@@ -75,6 +77,32 @@ def open_duration(trips: int, settings: BreakerSettings) -> float:
     return min(duration, settings.max_reset_timeout)
 
 
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """Where the machine starts: its saved record (already validated on load), or a fresh
+    closed breaker at `start`."""
+
+    state: str
+    since: float
+    trips: int
+    opened_at: float | None
+    closed_since: float | None
+    last_transition: dict[str, Any] | None
+
+
+def restore(record: BreakerRecord | None, start: float) -> Restored:
+    if record is None:
+        return Restored(STATE_CLOSED, start, 0, None, start, None)
+    opened = closed = None
+    if record.state == STATE_CLOSED:
+        closed = record.closed_since
+    elif record.state == STATE_OPEN:
+        # An open record without its timestamp is damaged; reopen from now.
+        opened = start if record.opened_at is None else record.opened_at
+    last = dict(record.last_transition) if record.last_transition else None
+    return Restored(record.state, record.since, record.trips, opened, closed, last)
+
+
 class Unstable(Exception):
     """Raised inside pybreaker's call() to record an unstable evaluation as a failure."""
 
@@ -90,10 +118,10 @@ def healthy() -> None:
 class InjectedTimeStorage(pybreaker.CircuitMemoryStorage):
     """Memory storage whose ``opened_at`` is the evaluation's ``now``, not datetime.now()."""
 
-    def __init__(self, state: str) -> None:
+    def __init__(self, state: str, now: float = 0.0, opened_ts: float | None = None) -> None:
         super().__init__(state)
-        self.now = 0.0  # set by HealthBreaker before every call into pybreaker
-        self.opened_ts: float | None = None
+        self.now = now  # set by HealthBreaker before every call into pybreaker
+        self.opened_ts = opened_ts
 
     @property
     def opened_at(self) -> datetime | None:

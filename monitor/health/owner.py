@@ -208,16 +208,22 @@ class Health:
     # -- operator ---------------------------------------------------------------------
 
     def pause(self, now: float, duration: float | None, reason: str | None) -> None:
+        """Pause; PauseNotPersistedError if in force but not saved (the control API
+        answers an error, so nothing claims a pause a restart would lose)."""
         until = None if duration is None else now + duration
         self.breaker.pause(now, reason=reason or "manual pause", until=until)
 
     def resume(self, now: float) -> bool:
-        """Lift a pause; False if there was none."""
-        if not self.breaker.resume(now):
-            return False
-        # A resume closes the breaker; judge the window at once so that resuming during
-        # an outage reopens it now rather than at the next evaluation.
-        self.evaluate(now)
+        """Lift a pause and close a breaker open on its own too; False if it was closed.
+        PauseNotPersistedError if resumed but the saved pause could not be removed."""
+        try:
+            if not self.breaker.resume(now):
+                return False
+        finally:
+            # A resume closes the breaker; judge the window at once so that resuming
+            # during an outage reopens it now rather than at the next evaluation.
+            if self.breaker.state == "closed":
+                self.evaluate(now)
         return True
 
     def status(self, now: float) -> dict[str, Any]:

@@ -7,7 +7,9 @@ and is bounded by its own timeout by the caller (`run_probe`).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,7 @@ from monitor.discord.gateway import probe_gateway
 from monitor.discord.rest import DiscordRestClient
 from monitor.errors import DiscordError, DiscordUnauthorized
 from monitor.health.window import Sample, statuspage_ok
+from monitor.httpserve import descriptor_pressure
 from monitor.metrics import Metrics
 from monitor.vocab import DISCORD_SOURCES
 
@@ -61,6 +64,8 @@ class ProbeContext:
             # GET /gateway needs no token: asked without one, it keeps working after a
             # 401 has made the REST client stop using the dead token.
             url = None
+            if self.rest.banned_for > 0:  # the IP is banned from the API: don't ask
+                raise DiscordError(f"GET /gateway: Cloudflare ban for {self.rest.banned_for:.0f}s")
             try:
                 async with self.session.get(
                     self.config.discord.api_base.rstrip("/") + "/gateway",
@@ -164,6 +169,25 @@ async def statuspage_probe(ctx: ProbeContext) -> ProbeResult:
     )
 
 
+# Failures of this host, not of Discord: out of descriptors, buffers or memory (an
+# attack on our listeners, a leak). They say nothing about Discord's health.
+_LOCAL_ERRORS = tuple(
+    os.strerror(code) for code in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+)
+
+
+_PRESSURE = 0.9  # descriptors in use (share of RLIMIT_NOFILE) at which we are the cause
+
+
+def local_failure(detail: str) -> bool:
+    """Whether a failed probe was this host's failure: its detail names a local resource
+    error, or the process is nearly out of descriptors (a timeout then is ours too)."""
+    if any(text in detail for text in _LOCAL_ERRORS):
+        return True
+    ratio = descriptor_pressure()["ratio"]
+    return ratio is not None and ratio >= _PRESSURE
+
+
 PROBES: dict[str, ProbeFn] = {
     "gateway": gateway_probe,
     "rest": rest_probe,
@@ -198,8 +222,11 @@ async def run_probe(name: str, ctx: ProbeContext) -> ProbeResult:
         result = ProbeResult(
             name, False, ctx.clock.monotonic() - started, f"timed out after {timeout}s"
         )
+    data = result.data
+    if not result.ok and local_failure(result.detail):
+        data = {**data, "local": True}  # no Discord sample (record_probe)
     return ProbeResult(
-        result.probe, result.ok, result.duration, result.detail, result.data, ctx.clock.time()
+        result.probe, result.ok, result.duration, result.detail, data, ctx.clock.time()
     )
 
 
@@ -218,4 +245,6 @@ def record_probe(result: ProbeResult, metrics: Metrics) -> Sample | None:
     # A 401 says our token is dead, not that Discord is unstable.
     if result.data.get("status") == 401:
         return None
+    if result.data.get("local"):
+        return None  # our own resource trouble, not Discord's
     return Sample(result.probe, result.at, result.ok, result.duration)

@@ -104,9 +104,12 @@ class GuildCensus:
         return forecast(self._history, self._limit, now)
 
     def after_run(self, removed: int, now: float) -> None:
-        """A run ended having removed `removed` channels: forget the listing (it predates
-        the deletions) and adjust the census without listing again."""
-        self._listing = None
+        """A run ended having removed `removed` channels: forget the listing if it predates
+        deletions (one that removed nothing, a dry run, leaves it valid for the next
+        run's `recent_listing`: a burst of requests is one listing) and adjust the census
+        without listing again."""
+        if removed:
+            self._listing = None
         if removed and self.last is not None:
             c = self.last
             self.record(

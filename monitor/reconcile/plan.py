@@ -14,12 +14,17 @@ when its ledger request failed (`ledger_failed`), completed longer ago than
 `stale_after`) its last activity is older than `stale_after` and the channel older than
 `min_age` (`stale`). Never while its ledger request is open or completed within the grace
 period.
+
+A listing entry without `last_message_id` (the OpenAPI marks it optional) has unknown
+emptiness: the ledger judges it first as usual; otherwise the age rule makes it a
+candidate (`last_listed=False`) and `recheck` deletes it only once the newest message
+(`GET /channels/{id}/messages?limit=1`, passed as `messages`) shows it empty.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from monitor.config import ReconcileConfig
@@ -42,14 +47,18 @@ class Action:
     created_at: float
     last_message_id: int | None
     request_id: str | None = None  # from the ledger, when it decided
+    last_listed: bool = True  # False: the listing omitted last_message_id (emptiness unknown)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": str(self.channel_id),
             "name": self.name,
             "reason": self.reason,
             "created_at": self.created_at,
         }
+        if not self.last_listed:
+            out["emptiness"] = "checked just before deleting"
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +171,7 @@ class _Verdict:
     state: str  # census state: active, empty, stale, leaked
     last_message_id: int | None = None
     request_id: str | None = None
+    last_listed: bool = True
 
 
 def _judge(
@@ -178,10 +188,8 @@ def _judge(
         return Skip(str(f.id), f.name, f"type {f.type} is not a text channel")
     if f.id in settings.protected_channel_ids:
         return Skip(str(f.id), f.name, "protected id")
-    if "last_message_id" not in f.raw:
-        # A text channel always has the field; without it emptiness is unknowable.
-        return Skip(str(f.id), f.name, "no last_message_id field")
-    raw_last = f.raw["last_message_id"]
+    listed = "last_message_id" in f.raw  # optional in the API: unknown when absent
+    raw_last = f.raw.get("last_message_id")
     last: int | None = None
     if raw_last is not None:
         last = parse_snowflake(raw_last)
@@ -189,8 +197,13 @@ def _judge(
             return Skip(str(f.id), f.name, f"invalid last_message_id {raw_last!r}")
     entry = ledger.lookup_channel_name(f.name)
     if entry is not None:
-        return _decide_by_ledger(entry, last, settings, now)
-    return _decide_by_age(f, last, settings, now, min_age)
+        return replace(_decide_by_ledger(entry, last, settings, now), last_listed=listed)
+    verdict = _decide_by_age(f, last, settings, now, min_age)
+    if listed:
+        return verdict
+    # Judged as if empty; `recheck` deletes only once the messages show it is.
+    why = verdict.why and f"{verdict.why}; last_message_id not listed"
+    return replace(verdict, why=why, last_listed=False)
 
 
 def _decide_by_ledger(
@@ -282,6 +295,7 @@ def _action(facts: _Facts, verdict: _Verdict, reason: str) -> Action:
         created_at=snowflake_time(facts.id),
         last_message_id=verdict.last_message_id,
         request_id=verdict.request_id,
+        last_listed=verdict.last_listed,
     )
 
 
@@ -335,12 +349,20 @@ def recheck(
     *,
     min_age: float,
     guild_id: int | None = None,
+    messages: Any = None,
 ) -> tuple[str | None, str]:
     """Judge a channel again from what Discord answered just now: (reason, "") to delete
-    it, else (None, why). Any change since the listing keeps it."""
+    it, else (None, why). Any change since the listing keeps it. When `fresh` has no
+    `last_message_id`, `messages` (the answer of GET .../messages?limit=1) stands in for
+    it; without an understood one the channel is kept."""
     facts = _parse(fresh, guild_id)
     if isinstance(facts, Skip):
         return None, f"unexpected answer: {facts.why}"
+    if "last_message_id" not in facts.raw:
+        newest = newest_message_id(messages)
+        if isinstance(newest, str):
+            return None, f"last_message_id not listed and {newest}"
+        facts = replace(facts, raw={**facts.raw, "last_message_id": newest})
     if facts.id != action.channel_id:
         return None, f"Discord answered for another channel ({facts.id})"
     if facts.type != TEXT_CHANNEL:
@@ -354,7 +376,23 @@ def recheck(
     if isinstance(verdict, Skip):
         return None, verdict.why
     if verdict.last_message_id != action.last_message_id:
+        if not action.last_listed:
+            return None, "has messages (the listing did not say)"
         return None, "a message arrived since the listing"
     if verdict.reason is None:
         return None, verdict.why
     return verdict.reason, ""
+
+
+def newest_message_id(messages: Any) -> int | str | None:
+    """The id of the first message of a `?limit=1` listing (None: the channel is empty),
+    or why the answer says nothing (a str)."""
+    if messages is None:
+        return "emptiness not checked"
+    if not isinstance(messages, list):
+        return f"messages answer is not a list ({type(messages).__name__})"
+    if not messages:
+        return None
+    first = messages[0]
+    newest = parse_snowflake(first.get("id")) if isinstance(first, Mapping) else None
+    return "messages answer has no valid id" if newest is None else newest

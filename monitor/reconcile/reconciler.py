@@ -39,7 +39,9 @@ class Reconciler:
     Concurrency: one run at a time (an asyncio.Lock). A call to `run` made while a run of
     the same mode (dry or not) is in progress joins it and returns its report: it
     reconciles the same guild at the same moment, and a burst of requests must not list
-    the guild over and over. A call of the other mode waits for it, then runs.
+    the guild over and over. A call of the other mode waits for it, then runs. A run
+    that removed nothing leaves its listing to the runs of the next `LISTING_REUSE`
+    seconds, so requests arriving one after another do not list again either.
     """
 
     def __init__(

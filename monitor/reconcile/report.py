@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from monitor.logs import redact
 from monitor.reconcile.plan import Action
 
 REPORT_LIST_LIMIT = 500  # entries per list in as_dict(), so one answer stays readable
@@ -36,37 +37,43 @@ class ReconcileReport:
     not_matching: int = 0
     census: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    error: str | None = None  # why the run as a whole failed (the audit log unwritable)
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON for the control API; secrets Discord or a proxy echoed back redacted."""
+
         def capped(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return items[:REPORT_LIST_LIMIT]
 
-        return {
-            "run_id": self.run_id,
-            "trigger": self.trigger,
-            "dry_run": self.dry_run,
-            "result": self.result,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "listed": self.listed,
-            "emergency": self.emergency,
-            "planned": capped(self.planned),
-            "deleted": capped(self.deleted),
-            "gone": capped(self.gone),
-            "skipped": capped(self.skipped),
-            "errors": capped(self.errors),
-            "counts": {
-                "planned": len(self.planned),
-                "deleted": len(self.deleted),
-                "gone": len(self.gone),
-                "skipped": len(self.skipped),
-                "errors": len(self.errors),
-                "deferred": self.deferred,
-                "not_matching": self.not_matching,
-            },
-            "census": self.census,
-            "notes": list(self.notes),
-        }
+        return redact(
+            {
+                "run_id": self.run_id,
+                "trigger": self.trigger,
+                "dry_run": self.dry_run,
+                "result": self.result,
+                "error": self.error,
+                "started_at": self.started_at,
+                "finished_at": self.finished_at,
+                "listed": self.listed,
+                "emergency": self.emergency,
+                "planned": capped(self.planned),
+                "deleted": capped(self.deleted),
+                "gone": capped(self.gone),
+                "skipped": capped(self.skipped),
+                "errors": capped(self.errors),
+                "counts": {
+                    "planned": len(self.planned),
+                    "deleted": len(self.deleted),
+                    "gone": len(self.gone),
+                    "skipped": len(self.skipped),
+                    "errors": len(self.errors),
+                    "deferred": self.deferred,
+                    "not_matching": self.not_matching,
+                },
+                "census": self.census,
+                "notes": list(self.notes),
+            }
+        )
 
 
 @dataclass
@@ -83,7 +90,7 @@ def error_entry(a: Action, text: str) -> dict[str, Any]:
 
 def result_of(report: ReconcileReport) -> str:
     """ok, dry_run, partial or error (RECONCILE_RESULTS)."""
-    if report.census is None:  # never listed the guild
+    if report.census is None or report.error:  # never listed the guild, or could not audit
         return "error"
     if report.dry_run:
         return "error" if report.errors else "dry_run"
@@ -94,19 +101,22 @@ def result_of(report: ReconcileReport) -> str:
 
 def run_summary(report: ReconcileReport) -> dict[str, Any]:
     """The last run as /status shows it."""
-    return {
-        "run_id": report.run_id,
-        "trigger": report.trigger,
-        "dry_run": report.dry_run,
-        "result": report.result,
-        "started_at": report.started_at,
-        "finished_at": report.finished_at,
-        "planned": len(report.planned),
-        "deleted": len(report.deleted),
-        "gone": len(report.gone),
-        "errors": len(report.errors),
-        "deferred": report.deferred,
-    }
+    return redact(
+        {
+            "run_id": report.run_id,
+            "trigger": report.trigger,
+            "dry_run": report.dry_run,
+            "result": report.result,
+            "error": report.error,
+            "started_at": report.started_at,
+            "finished_at": report.finished_at,
+            "planned": len(report.planned),
+            "deleted": len(report.deleted),
+            "gone": len(report.gone),
+            "errors": len(report.errors),
+            "deferred": report.deferred,
+        }
+    )
 
 
 # format_report groups "only 3m old" with "only 5m old", and one request's id with another's.
@@ -115,11 +125,17 @@ _GROUP_REQUESTS = re.compile(r"request \S+ ")
 
 
 def format_report(report: ReconcileReport) -> str:
-    """Human-readable report for the CLI."""
+    """Human-readable report for the CLI (secrets redacted, as in as_dict)."""
+    return redact(_format(report))
+
+
+def _format(report: ReconcileReport) -> str:
     started = datetime.fromtimestamp(report.started_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     mode = "dry run" if report.dry_run else "live"
     lines = [f"reconcile {report.run_id} ({mode}, trigger {report.trigger}) at {started}"]
     lines.extend(f"note: {n}" for n in report.notes)
+    if report.error:
+        lines.append(f"ERROR: {report.error}")
     if report.census is not None:
         c = report.census
         temp = ", ".join(f"{k} {v}" for k, v in c["temp"].items())

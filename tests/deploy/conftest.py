@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 from monitor.metrics import Metrics
-from tests.daemon_util import live_metrics_text
+from tests.helpers.daemon import live_metrics_text
 
 
 @pytest.fixture(scope="module")

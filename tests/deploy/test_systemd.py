@@ -15,7 +15,6 @@ import yaml
 from monitor.config import parse_config
 from monitor.errors import ConfigError
 from monitor.sim.discord import DiscordSimulator
-from tests.daemon_util import fast_config_dict
 from tests.deploy.files import (
     MAX_EXPOSURE,
     SYSTEMD_CONFIG,
@@ -23,7 +22,8 @@ from tests.deploy.files import (
     require_tool,
     run,
 )
-from tests.prom_util import (
+from tests.helpers.daemon import daemon_process, fast_config_dict, wait_process_ready
+from tests.helpers.prom import (
     free_port,
 )
 
@@ -189,40 +189,14 @@ async def test_daemon_runs_under_memory_deny_write_execute(
     )
     config_path = tmp_path / "monitor.yaml"
     config_path.write_text(yaml.safe_dump(data))
-    proc = await asyncio.create_subprocess_exec(
-        *_mdwe(sys.executable, "-m", "monitor", "run", "-c", str(config_path)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        metrics = await _wait_for_probes(http, url, proc)
+    async with daemon_process(config_path, wrap=_mdwe()) as proc:
+        await wait_process_ready(http, url, proc)  # the first probe round is done
+        async with http.get(url + "/metrics") as resp:
+            metrics = await resp.text()
         assert 'cdpmon_probe_success{probe="gateway"} 1.0' in metrics
         assert 'cdpmon_probe_success{probe="rest"} 1.0' in metrics
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
         output = (await proc.stdout.read()).decode() if proc.stdout else ""
         assert "Traceback" not in output
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def _wait_for_probes(
-    http: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process
-) -> str:
-    """/metrics once /readyz says the first probe round is done."""
-    for _ in range(300):  # a bound only; each step waits 50 ms
-        if proc.returncode is not None:
-            out = await proc.stdout.read() if proc.stdout else b""
-            raise AssertionError(f"daemon exited {proc.returncode}: {out.decode()}")
-        try:
-            async with http.get(url + "/readyz") as resp:
-                if resp.status == 200:
-                    async with http.get(url + "/metrics") as metrics:
-                        return await metrics.text()
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("daemon never became ready")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from monitor.sim.discord.models import GatewayFaults, RestFaults, SimError
+from monitor.sim.discord.models import CozeFaults, GatewayFaults, RestFaults, SimError
 
 if TYPE_CHECKING:
     from monitor.sim.discord.simulator import DiscordSimulator
@@ -49,13 +49,18 @@ class AdminApi:
     def _faults_json(self) -> dict[str, Any]:
         rest = dict(self.sim.state.rest_faults.__dict__)
         rest["routes"] = list(rest["routes"])
-        return {"rest": rest, "gateway": dict(self.sim.state.gateway_faults.__dict__)}
+        return {
+            "rest": rest,
+            "gateway": dict(self.sim.state.gateway_faults.__dict__),
+            "coze": dict(self.sim.state.coze_faults.__dict__),
+        }
 
     async def _admin_put_faults(self, request: web.Request) -> web.Response:
         body = await _admin_body(request)
         try:
             rest = body.pop("rest", None) or {}
             gateway = body.pop("gateway", None) or {}
+            coze = body.pop("coze", None) or {}
             if body:
                 raise ValueError(f"unknown keys: {sorted(body)}")
             if "routes" in rest:
@@ -63,14 +68,20 @@ class AdminApi:
             # Build both before swapping so a bad body changes nothing.
             new_rest = RestFaults(**{**self.sim.state.rest_faults.__dict__, **rest})
             new_gw = GatewayFaults(**{**self.sim.state.gateway_faults.__dict__, **gateway})
+            new_coze = CozeFaults(**{**self.sim.state.coze_faults.__dict__, **coze})
         except (TypeError, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        self.sim.state.rest_faults, self.sim.state.gateway_faults = new_rest, new_gw
+        state = self.sim.state
+        state.rest_faults, state.gateway_faults, state.coze_faults = new_rest, new_gw, new_coze
+        if rest.get("cloudflare_ban_s"):  # the ban starts now and lasts that long
+            state.banned_until = self.sim.clock.monotonic() + float(new_rest.cloudflare_ban_s)
         return web.json_response(self._faults_json())
 
     async def _admin_clear_faults(self, request: web.Request) -> web.Response:
         self.sim.state.rest_faults = RestFaults()
         self.sim.state.gateway_faults = GatewayFaults()
+        self.sim.state.coze_faults = CozeFaults()
+        self.sim.state.banned_until = 0.0  # lifts a Cloudflare ban too
         return web.json_response(self._faults_json())
 
     async def _admin_seed(self, request: web.Request) -> web.Response:
@@ -109,8 +120,10 @@ class AdminApi:
         channel = self.sim.state.channels.get(int(raw)) if raw.isdigit() else None
         if channel is None:
             return web.json_response({"error": "unknown channel"}, status=404)
+        author = str(body.get("author", "someone"))
+        author_id = self.sim.settings.coze_bot_id if author == "coze" else None
         msg = self.sim.add_message(
-            channel, str(body.get("content", "hello")), author=str(body.get("author", "someone"))
+            channel, str(body.get("content", "hello")), author=author, author_id=author_id
         )
         return web.json_response(self.sim.message_json(msg, channel.id))
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from monitor.discord.snowflake import snowflake_time
 
 API_PREFIX = "/api/v10"
+API_PREFIXES = ("/api/v9", "/api/v10")  # both versions serve the same routes here
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Channel types (Discord): text, voice, category, announcement, threads, stage, forum.
@@ -56,7 +57,24 @@ class SimSettings:
     seed: int = 0
     heartbeat_interval_ms: int = 41_250
     session_start_total: int = 1000
-    bot_user_id: int = 1_100_000_000_000_000_100
+    bot_user_id: int = 1_100_000_000_000_000_100  # also the application id, as Discord's
+    # Users who may post in the guild with `Authorization: <token>` (CDP's USER_AUTHORIZATION).
+    user_tokens: tuple[str, ...] = ("sim-user-token",)
+    coze_bot_id: int = 1_100_000_000_000_000_400  # the Coze bot persona's user id
+    coze_reply_length: int = 60  # characters of a Coze answer
+    coze_edits: int = 3  # MESSAGE_UPDATEs streaming it
+    coze_components_as_edit: bool = False  # final buttons as the last edit, not a new message
+    daily_channel_create_cap: int | None = None  # Discord's ~500/guild/day; off by default
+    invalid_request_limit: int | None = None  # Discord: 10_000 per 10 minutes; off by default
+    invalid_request_window_s: float = 600.0
+    invalid_request_ban_s: float = 3600.0  # Cloudflare bans for about an hour
+    max_concurrency: int = 1  # IDENTIFYs per `identify_spacing_s` (Discord: 5 s)
+    identify_spacing_s: float = 5.0
+    # Privileged intents the bot is allowed (the developer portal's switches): message
+    # content only, which is not modelled (content is always sent). Members (1 << 1) and
+    # presences (1 << 8) without permission close with 4014, as Discord does.
+    allowed_privileged_intents: int = 1 << 15
+    gateway_send_limit: int = 120  # client payloads per 60 s before 4008
 
 
 @dataclass
@@ -70,6 +88,11 @@ class RestFaults:
     reset_rate: float = 0.0
     malformed_rate: float = 0.0  # 200 with a truncated JSON body
     shared_429_rate: float = 0.0  # 429 with scope "shared" (another app's load)
+    shared_429_retry_after: float = 1.0  # seconds; Discord has sent 1336.57
+    forbidden_rate: float = 0.0  # 403 with `forbidden_code`
+    forbidden_code: int = 50013  # 50001 Missing Access or 50013 Missing Permissions
+    cloudflare_ban_s: float = 0.0  # > 0: every REST route banned that long (error 1015)
+    omit_last_message_id: bool = False  # channel listings without `last_message_id`
     routes: tuple[str, ...] = ()  # empty: every route; else "METHOD /template" keys
 
 
@@ -80,6 +103,15 @@ class GatewayFaults:
     ack_delay_ms: float = 0.0
     drop_ack: bool = False
     close_code: int | None = None
+    reconnect: bool = False  # op 7 right after READY / RESUMED
+    invalid_session: bool = False  # op 9 (d: false) instead of READY / RESUMED
+
+
+@dataclass
+class CozeFaults:
+    delay_ms: float = 0.0  # before the Coze persona starts answering
+    silence: bool = False  # it never answers
+    error: bool = False  # it answers with an error text
 
 
 @dataclass
@@ -88,6 +120,10 @@ class Message:
     content: str
     author_id: int
     author_name: str
+    bot: bool = False
+    reference: int | None = None  # the message this one replies to
+    components: list[dict[str, Any]] = field(default_factory=list)
+    edited_at: float | None = None
 
 
 @dataclass
@@ -119,9 +155,8 @@ class SimError(Exception):
 
 
 def inner_errors(code: str, message: str) -> dict[str, Any]:
-    # Discord sends string codes here, but its OpenAPI description types `code` as an
-    # integer; we follow the description and keep Discord's string code in the message.
-    return {"_errors": [{"code": 50035, "message": f"{code}: {message}"}]}
+    # Discord sends string codes here (its OpenAPI description says integer; the wire wins).
+    return {"_errors": [{"code": code, "message": message}]}
 
 
 def form_error(field_name: str, code: str, message: str) -> SimError:
@@ -153,6 +188,10 @@ class SimState:
         self.session_starts_used = 0
         self.rest_faults = RestFaults()
         self.gateway_faults = GatewayFaults()
+        self.coze_faults = CozeFaults()
+        self.banned_until = 0.0  # monotonic; a Cloudflare ban lasts until then
+        self.invalid_times: deque[float] = deque()  # monotonic times of invalid requests
+        self.creates_today: deque[float] = deque()  # times of channel creates (daily cap)
         self.buckets: dict[tuple[str, str], Bucket] = {}
         self.global_window: deque[float] = deque()
         self.increment = 0
@@ -199,6 +238,7 @@ class SimState:
                 "heartbeats": self.gateway["heartbeats"],
                 "acks": self.gateway["acks"],
                 "refused": self.gateway["refused"],
+                "resumes": self.gateway["resumes"],
                 "close_codes": {str(k): v for k, v in self.gateway_close_codes.items()},
             },
         }

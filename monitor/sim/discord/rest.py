@@ -1,5 +1,6 @@
-"""The Discord simulator's REST API under /api/v10: gateway discovery, the bot user,
-guild channels and channel messages, with Discord's validation errors."""
+"""The Discord simulator's REST API under /api/v9 and /api/v10: gateway discovery, the
+bot user and its application, guild channels, channel messages (posted by the bot or a
+user token), with Discord's validation errors; every change is dispatched to the gateway."""
 
 from __future__ import annotations
 
@@ -7,15 +8,22 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from monitor.sim.discord import shapes
+from monitor.sim.discord.limits import WHO
 from monitor.sim.discord.models import (
-    API_PREFIX,
+    API_PREFIXES,
     CREATABLE_TYPES,
     GUILD_LISTED_TYPES,
     Channel,
+    Message,
     SimError,
     form_error,
     inner_errors,
 )
+from monitor.sim.discord.responses import Answer, discord_json, ratelimited
+
+DAY_S = 86_400.0
+USER_ID_BASE = 1_100_000_000_000_000_300  # user token i posts as USER_ID_BASE + i
 
 if TYPE_CHECKING:
     from monitor.sim.discord.simulator import DiscordSimulator
@@ -28,16 +36,20 @@ class RestApi:
         self.sim = sim
 
     def add_routes(self, r: web.UrlDispatcher) -> None:
-        r.add_get(API_PREFIX + "/gateway", self._get_gateway)
-        r.add_get(API_PREFIX + "/gateway/bot", self._get_gateway_bot)
-        r.add_get(API_PREFIX + "/users/@me", self._get_me)
-        r.add_get(API_PREFIX + "/guilds/{guild_id}/channels", self._list_channels)
-        r.add_post(API_PREFIX + "/guilds/{guild_id}/channels", self._create_channel)
-        r.add_get(API_PREFIX + "/channels/{channel_id}", self._get_channel)
-        r.add_delete(API_PREFIX + "/channels/{channel_id}", self._delete_channel)
-        r.add_get(API_PREFIX + "/channels/{channel_id}/messages", self._list_messages)
-        r.add_post(API_PREFIX + "/channels/{channel_id}/messages", self._post_message)
-        r.add_post(API_PREFIX + "/channels/{channel_id}/threads", self._start_thread)
+        for p in API_PREFIXES:
+            r.add_get(p + "/gateway", self._get_gateway)
+            r.add_get(p + "/gateway/bot", self._get_gateway_bot)
+            r.add_get(p + "/users/@me", self._get_me)
+            r.add_get(p + "/oauth2/applications/@me", self._get_application)
+            r.add_get(p + "/guilds/{guild_id}/channels", self._list_channels)
+            r.add_post(p + "/guilds/{guild_id}/channels", self._create_channel)
+            r.add_get(p + "/channels/{channel_id}", self._get_channel)
+            r.add_patch(p + "/channels/{channel_id}", self._edit_channel)
+            r.add_delete(p + "/channels/{channel_id}", self._delete_channel)
+            r.add_get(p + "/channels/{channel_id}/messages", self._list_messages)
+            r.add_post(p + "/channels/{channel_id}/messages", self._post_message)
+            r.add_patch(p + "/channels/{channel_id}/messages/{message_id}", self._edit_message)
+            r.add_post(p + "/channels/{channel_id}/threads", self._start_thread)
 
     def _guild(self, request: web.Request) -> int:
         guild_id = _snowflake_param(request, "guild_id")
@@ -52,11 +64,11 @@ class RestApi:
         return channel
 
     async def _get_gateway(self, request: web.Request) -> web.Response:
-        return web.json_response({"url": self.sim.gateway_url})
+        return discord_json({"url": self.sim.gateway_url})
 
     async def _get_gateway_bot(self, request: web.Request) -> web.Response:
         total = self.sim.settings.session_start_total
-        return web.json_response(
+        return discord_json(
             {
                 "url": self.sim.gateway_url,
                 "shards": 1,
@@ -64,15 +76,41 @@ class RestApi:
                     "total": total,
                     "remaining": max(0, total - self.sim.state.session_starts_used),
                     "reset_after": 86_400_000,
-                    "max_concurrency": 1,
+                    "max_concurrency": self.sim.settings.max_concurrency,
                 },
             }
         )
 
     async def _get_me(self, request: web.Request) -> web.Response:
-        user = self.sim.user_json(self.sim.settings.bot_user_id, "cdp-bot")
-        user.update(bot=True, mfa_enabled=False, locale="en-US")
-        return web.json_response(user)
+        user_id, name = self._author(request)
+        user = shapes.user_json(user_id, name, bot=request.get(WHO) == "bot")
+        user.update(mfa_enabled=False, locale="en-US")
+        return discord_json(user)
+
+    async def _get_application(self, request: web.Request) -> web.Response:
+        return discord_json(shapes.application_json(self.sim.settings))
+
+    def _author(self, request: web.Request) -> tuple[int, str]:
+        who = str(request.get(WHO))
+        if who.startswith("user:"):
+            i = self.sim.settings.user_tokens.index(who[5:])
+            return USER_ID_BASE + i, f"user{i}"
+        return self.sim.settings.bot_user_id, "cdp-bot"
+
+    def _check_daily_cap(self) -> None:
+        """Discord's per-guild daily channel-create cap (about 500) answers like any
+        per-resource limit: a 429 with scope "shared"."""
+        cap = self.sim.settings.daily_channel_create_cap
+        if cap is None:
+            return
+        now = self.sim.clock.time()
+        creates = self.sim.state.creates_today
+        while creates and creates[0] <= now - DAY_S:
+            creates.popleft()
+        if len(creates) >= cap:
+            retry_after = creates[0] + DAY_S - now
+            raise Answer(ratelimited(retry_after, is_global=False, scope="shared"))
+        creates.append(now)
 
     async def _list_channels(self, request: web.Request) -> web.Response:
         guild_id = self._guild(request)
@@ -81,7 +119,7 @@ class RestApi:
             for c in self.sim.guild_channels(guild_id)
             if c.type in GUILD_LISTED_TYPES
         ]
-        return web.json_response(channels)
+        return discord_json(channels)
 
     async def _create_channel(self, request: web.Request) -> web.Response:
         self._guild(request)
@@ -105,16 +143,17 @@ class RestApi:
                 raise form_error(
                     "parent_id", "NUMBER_TYPE_COERCE", "Value is not snowflake."
                 ) from None
+        self._check_daily_cap()
         channel = self.sim.add_channel(name, type_, parent_id=parent_id)
-        return web.json_response(self.sim.channel_json(channel), status=201)
+        return discord_json(self.sim.channel_json(channel), 201)
 
     async def _get_channel(self, request: web.Request) -> web.Response:
-        return web.json_response(self.sim.channel_json(self._channel(request)))
+        return discord_json(self.sim.channel_json(self._channel(request)))
 
     async def _delete_channel(self, request: web.Request) -> web.Response:
         channel = self._channel(request)
-        del self.sim.state.channels[channel.id]
-        return web.json_response(self.sim.channel_json(channel))
+        self.sim.remove_channel(channel)
+        return discord_json(self.sim.channel_json(channel))
 
     async def _list_messages(self, request: web.Request) -> web.Response:
         channel = self._channel(request)
@@ -126,7 +165,7 @@ class RestApi:
         if not 1 <= limit <= 100:
             raise form_error("limit", "NUMBER_TYPE_MAX", "Int value should be between 1 and 100.")
         newest_first = list(reversed(channel.messages))[:limit]
-        return web.json_response([self.sim.message_json(m, channel.id) for m in newest_first])
+        return discord_json([self.sim.message_json(m, channel.id) for m in newest_first])
 
     async def _post_message(self, request: web.Request) -> web.Response:
         channel = self._channel(request)
@@ -136,8 +175,33 @@ class RestApi:
             raise form_error("content", "BASE_TYPE_MAX_LENGTH", "Must be 2000 or fewer in length.")
         if not content:
             raise SimError(400, 50006, "Cannot send an empty message")
-        msg = self.sim.add_message(channel, content, author="bot")
-        return web.json_response(self.sim.message_json(msg, channel.id))
+        author_id, name = self._author(request)
+        msg = self.sim.add_message(channel, content, author=name, author_id=author_id)
+        if request.get(WHO) == "bot":
+            msg.bot = True
+        return discord_json(self.sim.message_json(msg, channel.id))
+
+    async def _edit_channel(self, request: web.Request) -> web.Response:
+        channel = self._channel(request)
+        body = await _json_object(request)
+        name = body.get("name", channel.name)
+        if not isinstance(name, str) or not 1 <= len(name) <= 100:
+            raise form_error("name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+        channel.name = name.lower().replace(" ", "-") if channel.type in (0, 5) else name
+        self.sim.channel_changed(channel)
+        return discord_json(self.sim.channel_json(channel))
+
+    async def _edit_message(self, request: web.Request) -> web.Response:
+        channel = self._channel(request)
+        msg = _find_message(channel, request.match_info["message_id"])
+        if msg.author_id != self._author(request)[0]:
+            raise SimError(403, 50005, "Cannot edit a message authored by another user")
+        content = (await _json_object(request)).get("content", msg.content)
+        if not isinstance(content, str) or len(content) > 2000:
+            raise form_error("content", "BASE_TYPE_MAX_LENGTH", "Must be 2000 or fewer in length.")
+        msg.content = content
+        self.sim.edit_message(channel, msg)
+        return discord_json(self.sim.message_json(msg, channel.id))
 
     async def _start_thread(self, request: web.Request) -> web.Response:
         """Start Thread without Message (CDP's /api/thread/create): a public thread under
@@ -148,7 +212,14 @@ class RestApi:
         if not isinstance(name, str) or not 1 <= len(name) <= 100:
             raise form_error("name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
         thread = self.sim.add_channel(name, 11, parent_id=parent.id)
-        return web.json_response(self.sim.channel_json(thread), status=201)
+        return discord_json(self.sim.channel_json(thread), status=201)
+
+
+def _find_message(channel: Channel, raw: str) -> Message:
+    for msg in channel.messages:
+        if str(msg.id) == raw:
+            return msg
+    raise SimError(404, 10008, "Unknown Message")
 
 
 def _snowflake_param(request: web.Request, name: str) -> int:
@@ -159,6 +230,17 @@ def _snowflake_param(request: web.Request, name: str) -> int:
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise SimError(
+            400,
+            50035,
+            "Invalid Form Body",
+            inner_errors(
+                "CONTENT_TYPE_INVALID",
+                "Expected \"Content-Type\" header to be one of {'application/json', "
+                "'application/x-www-form-urlencoded', 'multipart/form-data'}.",
+            ),
+        )
     try:
         body = await request.json()
     except (ValueError, UnicodeDecodeError):

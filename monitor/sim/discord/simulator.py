@@ -9,9 +9,11 @@ from typing import Any
 from aiohttp import web
 
 from monitor.clock import SYSTEM_CLOCK, Clock
-from monitor.discord.snowflake import make_snowflake, snowflake_time
+from monitor.discord.snowflake import make_snowflake
 from monitor.httpserve import start_site
+from monitor.sim.discord import shapes
 from monitor.sim.discord.admin import AdminApi
+from monitor.sim.discord.coze import CozePersona
 from monitor.sim.discord.gateway import Gateway
 from monitor.sim.discord.limits import DiscordBehaviour
 from monitor.sim.discord.models import (
@@ -22,9 +24,10 @@ from monitor.sim.discord.models import (
     SimError,
     SimSettings,
     SimState,
-    iso,
 )
 from monitor.sim.discord.rest import RestApi
+
+SOMEONE_ID = 1_100_000_000_000_000_200  # the author of admin-posted messages
 
 
 class DiscordSimulator:
@@ -33,6 +36,8 @@ class DiscordSimulator:
         self.clock = clock
         self.state = SimState(self.settings)
         self.random = random.Random(self.settings.seed)
+        self.started_at = self.clock.time()
+        self.coze = CozePersona(self)
         self._gateway = Gateway(self)
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
@@ -46,6 +51,7 @@ class DiscordSimulator:
         self.host = host
 
     async def stop(self) -> None:
+        await self.coze.stop()
         await self._gateway.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -101,7 +107,7 @@ class DiscordSimulator:
             raise SimError(
                 400,
                 30013,
-                f"Maximum number of guild channels reached ({self.settings.channel_limit})",
+                f"Maximum number of server channels reached ({self.settings.channel_limit})",
             )
         created = self.clock.time() - max(0.0, age_seconds)
         if type_ in (0, 5):  # Discord normalises text channel names
@@ -115,67 +121,60 @@ class DiscordSimulator:
             parent_id=parent_id,
         )
         self.state.channels[channel.id] = channel
+        self.dispatch("CHANNEL_CREATE", self.channel_json(channel))
         return channel
 
-    def add_message(self, channel: Channel, content: str, *, author: str = "someone") -> Message:
-        author_id = self.settings.bot_user_id if author == "bot" else 1_100_000_000_000_000_200
-        msg = Message(self.new_id(), content, author_id, author)
+    def remove_channel(self, channel: Channel) -> None:
+        del self.state.channels[channel.id]
+        self.dispatch("CHANNEL_DELETE", self.channel_json(channel))
+
+    def channel_changed(self, channel: Channel) -> None:
+        self.dispatch("CHANNEL_UPDATE", self.channel_json(channel))
+
+    def add_message(
+        self,
+        channel: Channel,
+        content: str,
+        *,
+        author: str = "someone",
+        author_id: int | None = None,
+        reference: int | None = None,
+        components: list[dict[str, Any]] | None = None,
+    ) -> Message:
+        """A message in `channel`; "bot" is the bot itself. Dispatched, and answered by
+        the Coze persona when it mentions it."""
+        bot = author == "bot" or author_id == self.settings.coze_bot_id
+        if author_id is None:
+            author_id = self.settings.bot_user_id if author == "bot" else SOMEONE_ID
+        msg = Message(self.new_id(), content, author_id, author, bot, reference, components or [])
         channel.messages.append(msg)
+        self.dispatch("MESSAGE_CREATE", self.message_json(msg, channel.id))
+        self.coze.heard(channel, msg)
         return msg
 
+    def edit_message(self, channel: Channel, msg: Message) -> None:
+        msg.edited_at = self.clock.time()
+        self.dispatch("MESSAGE_UPDATE", self.message_json(msg, channel.id))
+
+    def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        self._gateway.sessions.dispatch(event, data)
+
     def channel_json(self, c: Channel) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": str(c.id),
-            "type": c.type,
-            "flags": 0,
-            "guild_id": str(c.guild_id),
-            "name": c.name,
-            "parent_id": None if c.parent_id is None else str(c.parent_id),
-            "position": c.position,
-            "permission_overwrites": [],
-        }
-        if c.type in (0, 5, 15):
-            out.update(
-                last_message_id=None if c.last_message_id is None else str(c.last_message_id),
-                topic=None,
-                nsfw=False,
-                rate_limit_per_user=0,
-            )
-        if c.type in (2, 13):
-            out.update(bitrate=64000, user_limit=0, rtc_region=None)
-        return out
+        omit = self.state.rest_faults.omit_last_message_id
+        return shapes.channel_json(c, with_last_message_id=not omit)
 
     def message_json(self, m: Message, channel_id: int) -> dict[str, Any]:
-        return {
-            "type": 0,
-            "content": m.content,
-            "mentions": [],
-            "mention_roles": [],
-            "attachments": [],
-            "embeds": [],
-            "timestamp": iso(snowflake_time(m.id)),
-            "edited_timestamp": None,
-            "flags": 0,
-            "components": [],
-            "id": str(m.id),
-            "channel_id": str(channel_id),
-            "author": self.user_json(m.author_id, m.author_name),
-            "pinned": False,
-            "mention_everyone": False,
-            "tts": False,
-        }
+        channel = self.state.channels.get(channel_id) or Channel(
+            channel_id, self.settings.guild_id, "", 0, 0
+        )
+        return shapes.message_json(m, channel)
 
     def user_json(self, user_id: int, name: str) -> dict[str, Any]:
-        return {
-            "id": str(user_id),
-            "username": name,
-            "avatar": None,
-            "discriminator": "0",
-            "public_flags": 0,
-            "flags": 0,
-            "global_name": None,
-            "primary_guild": None,
-        }
+        return shapes.user_json(user_id, name)
+
+    def guild_json(self) -> dict[str, Any]:
+        channels = [shapes.channel_json(c) for c in self.guild_channels(self.settings.guild_id)]
+        return shapes.guild_json(self.settings, channels, self.started_at)
 
     # -- app -------------------------------------------------------------------------
 

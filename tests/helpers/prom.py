@@ -24,6 +24,8 @@ import aiohttp
 import pytest
 import yaml
 
+from tests.helpers.wait import wait_for
+
 DEBIAN_PROMETHEUS = "/usr/bin/prometheus"
 READY_BOUND = 30.0  # seconds; only keeps a broken setup from hanging the test run
 
@@ -98,18 +100,17 @@ class PrometheusServer:
         self, expr: str, *, bound: float = READY_BOUND
     ) -> list[dict[str, Any]]:
         """Poll until `expr` returns at least one series (scrapes happen on their own clock)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + bound
-        while True:
-            result = await self.query(expr)
-            if result:
-                return result
-            if loop.time() > deadline:
-                targets = await self.api("targets")
-                raise AssertionError(
-                    f"no series for {expr!r} after {bound}s; targets: {targets}\n{self.log()}"
-                )
-            await asyncio.sleep(0.1)
+
+        async def targets() -> str:
+            return f"; targets: {await self.api('targets')}\n{self.log()}"
+
+        return await wait_for(
+            lambda: self.query(expr),
+            what=f"a series for {expr!r}",
+            bound=bound,
+            interval=0.1,
+            detail=targets,
+        )
 
 
 def write_config(
@@ -211,19 +212,24 @@ async def _start(binary: str, config: Path, server: PrometheusServer) -> asyncio
 
 
 async def _wait_ready(proc: asyncio.subprocess.Process, server: PrometheusServer) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + READY_BOUND
-    while loop.time() < deadline:
+    """True once /-/ready answers 200; False if the process exits or never gets there."""
+
+    async def settled() -> str | None:
         if proc.returncode is not None:
-            return False
+            return "exited"
         try:
             async with server.session.get(f"{server.url}/-/ready") as resp:
-                if resp.status == 200:
-                    return True
+                return "ready" if resp.status == 200 else None
         except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    return False
+            return None
+
+    try:
+        outcome = await wait_for(
+            settled, what="prometheus /-/ready", bound=READY_BOUND, interval=0.05
+        )
+    except AssertionError:
+        return False  # the caller reports it with the server's log
+    return outcome == "ready"
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:

@@ -19,7 +19,16 @@ async def seed(http: aiohttp.ClientSession, sim: DiscordSimulator, **body: Any) 
         return list(data["channels"])
 
 
-async def put_faults(http: aiohttp.ClientSession, sim: DiscordSimulator, **faults: Any) -> None:
-    """`PUT /_sim/faults` with {"rest": {...}, "gateway": {...}}."""
+async def put_faults(
+    http: aiohttp.ClientSession, sim: DiscordSimulator, **faults: Any
+) -> dict[str, Any]:
+    """`PUT /_sim/faults` with {"rest": {...}, "gateway": {...}}; the faults now in force."""
     async with http.put(f"{sim.admin_url}/faults", json=faults) as resp:
+        assert resp.status == 200, await resp.text()
+        return dict(await resp.json())
+
+
+async def clear_faults(http: aiohttp.ClientSession, sim: DiscordSimulator) -> None:
+    """`DELETE /_sim/faults`: back to a healthy simulator."""
+    async with http.delete(f"{sim.admin_url}/faults") as resp:
         assert resp.status == 200, await resp.text()

@@ -1,4 +1,4 @@
-"""tests/prom_util.py itself: a real Prometheus scrapes a target and evaluates rules."""
+"""tests/helpers/prom.py itself: a real Prometheus scrapes a target and evaluates rules."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.prom_util import (
+from tests.helpers.prom import (
     PrometheusQueryError,
     running_prometheus,
     static_job,
 )
 
 
-async def test_prom_util_scrapes_a_target_and_evaluates_rules(tmp_path: Path) -> None:
+async def test_prom_helper_scrapes_a_target_and_evaluates_rules(tmp_path: Path) -> None:
     async def metrics(_: web.Request) -> web.Response:
         body = '# TYPE demo_metric gauge\ndemo_metric{kind="static"} 42\n'
         return web.Response(text=body, content_type="text/plain")

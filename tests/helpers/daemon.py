@@ -1,20 +1,25 @@
-"""Helpers to build configs and run the daemon against the simulator."""
+"""The daemon in tests: configs with compressed time, the daemon in-process
+(`running_daemon`), and the one way to run `python -m monitor` as a process."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import os
+import sys
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 from prometheus_client import CollectorRegistry
 
 from monitor.config import Config, parse_config
 from monitor.daemon import Daemon
 from monitor.sim.discord import DiscordSimulator
+from tests.helpers.wait import wait_for
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -83,22 +88,10 @@ async def running_daemon(config: Config, **kwargs: Any) -> AsyncIterator[Daemon]
         await asyncio.wait_for(task, 10)
 
 
-async def wait_for(predicate: Callable[[], bool], *, what: str, bound: float = 15.0) -> None:
-    """Poll until `predicate` holds; the bound only keeps a broken test from hanging."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bound
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"gave up waiting for {what} after {bound}s")
-        await asyncio.sleep(0.02)
-
-
 def live_metrics_text(state_dir: Path) -> str:
     """`/metrics` of a real daemon run against a fresh simulator (for sync fixtures)."""
 
     async def main() -> str:
-        import aiohttp
-
         sim = DiscordSimulator()
         await sim.start()
         try:
@@ -114,3 +107,64 @@ def live_metrics_text(state_dir: Path) -> str:
             await sim.stop()
 
     return asyncio.run(main())
+
+
+# --- the daemon as a process ------------------------------------------------------------
+
+MONITOR = (sys.executable, "-m", "monitor")  # argv of the CLI, for sync runs too
+
+
+async def run_monitor(*args: str, merge_stderr: bool = False) -> tuple[int, str, str]:
+    """Run `python -m monitor ARGS` to the end: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        *MONITOR,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), (err or b"").decode()
+
+
+@contextlib.asynccontextmanager
+async def daemon_process(
+    config_path: Path, *, env: dict[str, str] | None = None, wrap: Sequence[str] = ()
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`monitor run -c CONFIG` as a process (argv prefixed by `wrap`), output on stdout;
+    killed on the way out if the test did not stop it."""
+    proc = await asyncio.create_subprocess_exec(
+        *wrap,
+        *MONITOR,
+        "run",
+        "-c",
+        str(config_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def wait_process_ready(
+    http: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process
+) -> None:
+    """Until the process's control API at `url` answers /readyz 200; fails with the
+    process's output if it exits first."""
+
+    async def ready() -> bool:
+        if proc.returncode is not None:
+            out = await proc.stdout.read() if proc.stdout else b""
+            raise AssertionError(f"daemon exited {proc.returncode}: {out.decode()}")
+        try:
+            async with http.get(url + "/readyz") as resp:
+                return resp.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await wait_for(ready, what=f"the daemon at {url} to be ready", bound=25.0, interval=0.05)

@@ -1,0 +1,3 @@
+module jsonclassify
+
+go 1.21
