@@ -127,9 +127,18 @@ class _Run:
         watch = self.watch = Watcher(
             s, self.result, sim=sim, cdp=cdp, now=self.now, emit=self.emit, on_tick=self._on_tick
         )
+        await self._coze_thinks(http)
         if s.prefill:
             watch.seeded = await self._seed(http, sim)
         return watch
+
+    async def _coze_thinks(self, http: aiohttp.ClientSession) -> None:
+        """Coze answers after `reply_delay`: longer than CDP's (scaled) 1 s sleep after
+        the prompt, after which CDP starts listening for the reply (chat.go:291)."""
+        assert self.sim is not None
+        body = {"coze": {"delay_ms": self.s.reply_delay * 1000}}
+        async with http.put(self.sim.admin_url + "/faults", json=body) as resp:
+            resp.raise_for_status()
 
     async def _seed(self, http: aiohttp.ClientSession, sim: DiscordSimulator) -> set[int]:
         url = f"{sim.admin_url}/guilds/{sim.settings.guild_id}/channels"
@@ -220,6 +229,7 @@ class _Run:
                 return False
             async with http.delete(faults_url) as resp:
                 resp.raise_for_status()
+            await self._coze_thinks(http)
             if cdp_faults(s) is not None:
                 assert self.cdp is not None
                 await self._cdp_faults(http, {"user_tokens": list(self.cdp.settings.user_auths)})
