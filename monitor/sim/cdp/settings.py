@@ -50,8 +50,8 @@ class CdpSettings:
     discord_api_base: str
     guild_id: int | str
     token: str = "sim-token"  # BOT_TOKEN
-    # USER_AUTHORIZATION; None: the bot token, for a simulator that knows no user tokens
-    user_tokens: tuple[str, ...] | None = None
+    # USER_AUTHORIZATION (the Discord simulator's default user token by default)
+    user_tokens: tuple[str, ...] = ("sim-user-token",)
     coze_bot_id: str = COZE_BOT_ID  # COZE_BOT_ID
     time_scale: float = 1.0  # divides every CDP timer
     attempt_timeout: float = 60.0  # CreateChannelWithRetry, per attempt
@@ -131,8 +131,6 @@ class CdpSettings:
 
     @property
     def user_auths(self) -> tuple[str, ...]:
-        if self.user_tokens is None:
-            return (f"Bot {self.token}",)
         return tuple(t for t in self.user_tokens if t)
 
     @property
