@@ -159,6 +159,9 @@ async def _start_cdp(args: argparse.Namespace, sim: Any) -> Any:
         raise UsageError("--cdp-time-scale must be positive")
     base = CdpSettings.for_simulator(sim, time_scale=args.cdp_time_scale, log_dir=args.cdp_log_dir)
     emulator = CdpEmulator(base.with_env(os.environ))
+    # Coze thinks for longer than CDP's 1 s sleep after a prompt, after which CDP starts
+    # listening for the reply; an instant Coze would answer unheard.
+    sim.state.coze_faults.delay_ms = 2000.0 / args.cdp_time_scale
     try:
         await emulator.start(args.host, args.cdp_port)
     except CdpFatal:
