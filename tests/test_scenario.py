@@ -150,7 +150,10 @@ async def test_prefilled_guild_gets_back_under_the_watermark_without_30013(
 
 async def test_demo_narrates_both_runs_and_summarises() -> None:
     out = io.StringIO()
-    tiny = ScenarioSettings(rate=2, healthy=1, outage=3, after=1, client_timeout=10, tail=10)
+    # Hung creates: every probe and the gate see them, so the breaker opens even in 3 s.
+    tiny = ScenarioSettings(
+        rate=2, healthy=1, outage=3, after=1, client_timeout=10, tail=10, outage_kind="hung"
+    )
     assert await run_demo(out=out, settings=tiny) == 0
     text = out.getvalue()
     assert "Run 1 of 2: without cdp-monitor" in text and "Run 2 of 2: with cdp-monitor" in text
