@@ -7,11 +7,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from importlib.resources import files
-from importlib.resources.abc import Traversable
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from monitor.cli_daemon import (
     cmd_status,
     config_path,
 )
+from monitor.cli_files import cmd_config
 from monitor.clock import SYSTEM_CLOCK
 from monitor.errors import ConfigError, MonitorError
 
@@ -216,44 +216,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
-# -- packaged files: the example config and deploy/ (monitor/_files in the wheel) --------
-
-_FILES = files("monitor") / "_files"
-
-
-def _cmd_config(args: argparse.Namespace) -> int:
-    if args.action == "example":
-        sys.stdout.write((_FILES / "monitor.yaml").read_text(encoding="utf-8"))
-        return EXIT_OK
-    for path in _copy_tree(_FILES / "deploy", args.directory, force=args.force):
-        print(path)
-    return EXIT_OK
-
-
-def _copy_tree(source: Traversable, target: Path, *, force: bool) -> list[Path]:
-    """Copy the packaged tree `source` to `target`; refuses to overwrite unless `force`."""
-    pairs: list[tuple[Traversable, Path]] = []
-
-    def walk(node: Traversable, dest: Path) -> None:
-        for child in sorted(node.iterdir(), key=lambda c: c.name):
-            if child.is_dir():
-                walk(child, dest / child.name)
-            elif child.name != ".gitignore":
-                pairs.append((child, dest / child.name))
-
-    walk(source, target)
-    existing = [dest for _, dest in pairs if dest.exists()]
-    if existing and not force:
-        raise UsageError(f"{existing[0]} exists (--force overwrites)")
-    for child, dest in pairs:
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(child.read_bytes())
-        except OSError as exc:
-            raise MonitorError(f"cannot write {dest}: {exc.strerror}") from None
-    return [dest for _, dest in pairs]
-
-
 # -- simulator ---------------------------------------------------------------------------
 
 
@@ -397,7 +359,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sim": _cmd_sim,
     "run": _cmd_run,
     "check-config": _cmd_check_config,
-    "config": _cmd_config,
+    "config": cmd_config,
     "probe": _cmd_probe,
     "reconcile": cmd_reconcile,
     "status": cmd_status,
