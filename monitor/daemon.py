@@ -48,8 +48,10 @@ from monitor.wiring import (
     cdplog_lines,
     config_secrets,
     control_app,
+    keep_fixed,
     new_gate,
     new_health,
+    new_notices,
     new_reconciler,
     new_rest,
     probe_context,
@@ -57,8 +59,6 @@ from monitor.wiring import (
 )
 
 SHUTDOWN_BOUND = 4.0  # seconds; SIGTERM must finish well inside systemd's stop timeout
-# Built once at start (listeners, loops, log handler): a reload keeps the running values.
-FIXED_ON_RELOAD = ("control", "state_dir", "gate", "signals", "log")
 
 
 class Daemon:
@@ -92,6 +92,7 @@ class Daemon:
             logger=logger,
             environ=self.environ,
         )
+        self.notices = new_notices(config, self.effects, self.metrics, clock, logger, self.environ)
         self.reconciler: Reconciler | None = None
         self.supervisor = Supervisor(metrics=self.metrics, logger=logger, clock=clock)
         self.probe_results: dict[str, ProbeResult] = {}
@@ -183,7 +184,11 @@ class Daemon:
                 else {"channels": None, "reconcile": None}
             ),
             "gate": None if self.gate is None else self.gate.status(),
-            "discord": {"token_invalid": self._rest.token_invalid if self._rest else False},
+            "discord": {
+                "token_invalid": self._rest.token_invalid if self._rest else False,
+                "banned_for": self._rest.banned_for if self._rest else 0.0,
+            },
+            "events": [e.as_dict() for e in self.notices.events.recent],
             "loops": self.supervisor.status(),
             "ready": self._ready.is_set(),
         }
@@ -234,13 +239,14 @@ class Daemon:
         self._probe_ctx = probe_context(
             self.config, session=self._session, rest=self._rest, clock=self.clock, logger=self.log
         )
-        app = control_app(self.config, self, registry=self.registry)
+        app = control_app(self.config, self, registry=self.registry, history=self.notices.history)
         self._runner, self.control_url = await serve(
             app, "control.listen", self.config.control.listen_address
         )
         if self.config.gate.enabled:
             await self._start_gate()
         self._start_loops()
+        self.notices.start()
 
     def _start_loops(self) -> None:
         probes = enabled_probes(self.config)
@@ -249,6 +255,7 @@ class Daemon:
         if not probes:
             self._ready.set()
         self.supervisor.start("evaluate", self.health.run)
+        self.supervisor.start("watch", functools.partial(self.notices.run, self.status, self.clock))
         self.reconciler = self._new_reconciler(self.config)
         self.supervisor.start("reconcile", self._reconcile_loop)
         if self.config.signals.cdp_log.enabled:
@@ -284,6 +291,7 @@ class Daemon:
             self.log.warning("shutdown: a reconcile run was still deleting; see audit.jsonl")
         if self._actions is not None:
             await self._actions.drain(timeout=0.3)
+        await self.notices.close()
         self.ledger.flush()  # after the gate: failed requests' late channels are kept
         await self._close()
 
@@ -310,27 +318,18 @@ class Daemon:
             self.metrics.config_last_reload_successful.set(0)
             self.log.error("reload failed, keeping the running config:\n%s", exc)
             return False
-        self._swap(self._keep_fixed(self.config, new))
+        self._swap(keep_fixed(self.config, new, self.log))
         self.metrics.config_last_reload_successful.set(1)
         self.log.info("configuration reloaded from %s", self.config_path)
         return True
 
-    def _keep_fixed(self, old: Config, new: Config) -> Config:
-        """`new` with the keys that need a restart kept at their running values (said
-        in the log, rather than claiming a change that did not happen)."""
-        for key in FIXED_ON_RELOAD:
-            if getattr(old, key) != getattr(new, key):
-                self.log.warning("reload: %s changed; it takes effect after a restart", key)
-        if enabled_probes(old) != enabled_probes(new):
-            self.log.warning("reload: the set of enabled probes takes effect after a restart")
-        return new.model_copy(update={key: getattr(old, key) for key in FIXED_ON_RELOAD})
-
     def _swap(self, new: Config) -> None:
         """Hand a validated config to every running component."""
         old = self.config
-        set_secrets(config_secrets(new))
+        set_secrets(config_secrets(new, self.environ))
         self.health.reconfigure(new)
         self.effects.actions = new.actions
+        self.notices.reconfigure(new, self.environ)
         if new.discord != old.discord and self._session is not None:
             self._rest = new_rest(
                 new,
@@ -385,7 +384,7 @@ async def run_daemon(config_path: Path, *, environ: Mapping[str, str] | None = N
     """`cdp-monitor run`: load config (ConfigError propagates), run until SIGTERM/SIGINT."""
     env = dict(os.environ if environ is None else environ)
     config = load_config(config_path, environ=env)
-    logger = setup_logging(config.log.level, config.log.format, config_secrets(config))
+    logger = setup_logging(config.log.level, config.log.format, config_secrets(config, env))
     daemon = Daemon(
         config, registry=CollectorRegistry(), logger=logger, config_path=config_path, environ=env
     )

@@ -6,7 +6,10 @@ the probe context, the reconciler, the gate and the control app are built from a
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -17,6 +20,7 @@ from monitor.config import CdpLogConfig, Config
 from monitor.control import ControlTarget, build_control_app
 from monitor.discord.rest import DiscordRestClient
 from monitor.errors import MonitorError
+from monitor.events import Events
 from monitor.gate import Gate
 from monitor.health.cdplog import follow_command, follow_file
 from monitor.health.effects import TransitionEffects
@@ -26,20 +30,78 @@ from monitor.httpserve import Limits, start_site
 from monitor.ledger import LedgerView, RequestLedger
 from monitor.logs import set_secrets
 from monitor.metrics import Metrics
+from monitor.notify import Notifier, StatusWatch, build_notifier, notify_secrets, notify_settings
 from monitor.reconcile import Reconciler, ReconcileReport
 from monitor.state import StateDir
+from monitor.statuspage import History
 from monitor.units import HostPort, url_for
 
 _LOG = logging.getLogger("cdp-monitor")
 _RECONCILE_LOG = logging.getLogger("monitor.reconcile")
 
 
-def config_secrets(config: Config) -> list[str]:
+def config_secrets(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
     """Values that must never reach a log line."""
     secrets = [config.discord.token.get_secret_value()]
     if config.control.token is not None:
         secrets.append(config.control.token.get_secret_value())
-    return secrets
+    env = os.environ if environ is None else environ
+    return secrets + notify_secrets(config.actions.notify, env)
+
+
+WATCH_INTERVAL = 5.0  # seconds between reads of /status for events and the chart
+
+
+@dataclass
+class Notices:
+    """Events and what listens to them: the notifier (if anywhere to send), the /status
+    watch that turns state changes into events, and the status page's chart history."""
+
+    events: Events
+    notifier: Notifier | None
+    watch: StatusWatch
+    history: History
+
+    def start(self) -> None:
+        if self.notifier is not None:
+            self.notifier.start()
+
+    async def close(self) -> None:
+        if self.notifier is not None:
+            await self.notifier.close()
+
+    def reconfigure(self, config: Config, environ: Mapping[str, str]) -> None:
+        """Period, language, kinds and threshold follow a reload; URLs need a restart."""
+        if self.notifier is not None:
+            self.notifier.settings = notify_settings(config.actions.notify, environ)
+        self.watch.reconcile_threshold = config.actions.notify.reconcile_threshold
+
+    async def run(self, status: Callable[[], dict[str, Any]], clock: Clock) -> None:
+        """The watch loop: read /status, emit what changed, feed the chart."""
+        while True:
+            snapshot = status()
+            self.watch.observe(snapshot)
+            self.history.record(snapshot, clock.time())
+            await clock.sleep(WATCH_INTERVAL)
+
+
+def new_notices(
+    config: Config,
+    effects: TransitionEffects,
+    metrics: Metrics,
+    clock: Clock,
+    logger: logging.Logger,
+    environ: Mapping[str, str],
+) -> Notices:
+    """The event bus wired to the breaker's effects and to the notifier."""
+    events = Events(clock=clock, logger=logger)
+    effects.events = events
+    notify = config.actions.notify
+    notifier = build_notifier(notify, environ=environ, metrics=metrics, clock=clock, logger=logger)
+    if notifier is not None:
+        events.subscribe(notifier)
+    watch = StatusWatch(events, reconcile_threshold=notify.reconcile_threshold)
+    return Notices(events, notifier, watch, History())
 
 
 def new_rest(
@@ -159,7 +221,11 @@ def new_gate(
 
 
 def control_app(
-    config: Config, target: ControlTarget, *, registry: CollectorRegistry
+    config: Config,
+    target: ControlTarget,
+    *,
+    registry: CollectorRegistry,
+    history: History | None = None,
 ) -> web.Application:
     token = config.control.token
     c = config.control
@@ -169,6 +235,7 @@ def control_app(
         token=token.get_secret_value() if token is not None else None,
         listen=c.listen_address,
         limits=Limits(c.header_timeout, c.body_timeout, c.idle_timeout, c.max_connections),
+        history=history,
     )
 
 
@@ -207,3 +274,18 @@ async def reconcile_once(
         logger=logger,
     )
     return await reconciler.run(dry_run=dry_run, trigger="cli")
+
+
+# Built once at start (listeners, loops, log handler): a reload keeps the running values.
+FIXED_ON_RELOAD = ("control", "state_dir", "gate", "signals", "log")
+
+
+def keep_fixed(old: Config, new: Config, logger: logging.Logger) -> Config:
+    """`new` with the keys that need a restart kept at their running values (said in
+    the log, rather than claiming a change that did not happen)."""
+    for key in FIXED_ON_RELOAD:
+        if getattr(old, key) != getattr(new, key):
+            logger.warning("reload: %s changed; it takes effect after a restart", key)
+    if enabled_probes(old) != enabled_probes(new):
+        logger.warning("reload: the set of enabled probes takes effect after a restart")
+    return new.model_copy(update={key: getattr(old, key) for key in FIXED_ON_RELOAD})

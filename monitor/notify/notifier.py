@@ -1,0 +1,134 @@
+"""The notifier: turns events into messages on the operator's notification services.
+
+Never in the daemon's way: `__call__` (an event subscriber) only rate-limits and queues;
+one worker task sends, each send bounded by `timeout` and run on the notifier's own
+thread (Apprise is synchronous), so a hung service stalls neither the event loop nor
+the default executor aiohttp resolves names on. One message per event kind per
+`period`; the rest, and whatever overflows the queue, is counted as suppressed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from monitor.clock import Clock
+from monitor.events import Event
+from monitor.metrics import Metrics
+from monitor.notify.messages import render
+
+# (title, body) -> delivered? Runs on the notifier's thread; may block.
+Sender = Callable[[str, str], bool]
+QUEUE_MAX = 32
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySettings:
+    """What the notifier needs from `actions.notify` (resolved: language, kinds)."""
+
+    language: str
+    period: float
+    timeout: float
+    kinds: frozenset[str]
+    instance: str = ""
+
+
+class Notifier:
+    def __init__(
+        self,
+        settings: NotifySettings,
+        *,
+        sender: Sender,
+        metrics: Metrics,
+        clock: Clock,
+        logger: logging.Logger,
+    ) -> None:
+        self.settings = settings
+        self._sender = sender
+        self._metrics = metrics
+        self._clock = clock
+        self._log = logger
+        self._last: dict[str, float] = {}
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_MAX)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdpmon-notify")
+        self._task: asyncio.Task[None] | None = None
+        self.sent = 0  # delivered messages, for tests and the status page
+
+    def __call__(self, event: Event) -> None:
+        """Event subscriber: queue `event` unless its kind spoke within the period."""
+        s = self.settings
+        if event.kind not in s.kinds:
+            return
+        last = self._last.get(event.kind)
+        if last is not None and event.at - last < s.period:
+            self._metrics.notifications_suppressed.labels(reason="rate_limited").inc()
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self._metrics.notifications_suppressed.labels(reason="queue_full").inc()
+            return
+        self._last[event.kind] = event.at
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="notify")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self._pool.shutdown(wait=False, cancel_futures=True)  # a hung send is abandoned
+
+    async def _run(self) -> None:
+        while True:
+            event = await self._queue.get()
+            await self._send(event)
+
+    async def _send(self, event: Event) -> None:
+        s = self.settings
+        title, body = render(event, s.language, s.instance)
+        self._metrics.action_attempts.labels(kind="notify").inc()
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(self._pool, self._sender, title, body)
+            ok = await asyncio.wait_for(future, s.timeout)
+            error = None if ok else "a service refused it"
+        except TimeoutError:
+            error = f"no answer within {s.timeout}s"
+        except Exception as exc:  # a notification must never take the daemon down
+            error = f"{type(exc).__name__}: {exc}"
+        if error is None:
+            self.sent += 1
+            return
+        self._metrics.action_failures.labels(kind="notify").inc()
+        self._log.warning("notification %s failed: %s", event.kind, error)
+
+
+def apprise_sender(urls: list[str]) -> Sender:
+    """A sender over Apprise (the `notify` extra); ValueError names a URL it cannot use
+    by position only, since the URL holds the service's secret."""
+    import apprise  # optional: imported only when notifications are configured
+
+    client = apprise.Apprise()
+    for i, url in enumerate(urls):
+        if not client.add(url):
+            raise ValueError(f"actions.notify.urls[{i}]: Apprise does not understand this URL")
+
+    def send(title: str, body: str) -> bool:
+        return bool(client.notify(body=body, title=title))
+
+    return send
+
+
+def cdp_telegram_url(environ: Mapping[str, str]) -> str | None:
+    """CDP's own Telegram settings (NOTIFY_TELEGRAM_BOT_TOKEN, NOTIFY_TELEGRAM_USER_ID)
+    as an Apprise URL, or None when either is unset."""
+    token = environ.get("NOTIFY_TELEGRAM_BOT_TOKEN", "").strip()
+    user = environ.get("NOTIFY_TELEGRAM_USER_ID", "").strip()
+    if not token or not user:
+        return None
+    return f"tgram://{token}/{user}"
