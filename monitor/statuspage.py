@@ -63,6 +63,10 @@ def _dur(seconds: Any) -> str:
     return format_duration(round(float(seconds)))
 
 
+def _field(key: str, value: Any) -> str:
+    return _when(value) if key == "until" and value is not None else str(value)
+
+
 def _row(label: str, value: str, ident: str = "") -> str:
     attr = f' id="{ident}"' if ident else ""
     return f"<tr><th>{html.escape(label)}</th><td{attr}>{value}</td></tr>"
@@ -99,7 +103,7 @@ def _health(status: dict[str, Any]) -> str:
 def _discord(status: dict[str, Any]) -> str:
     d = status.get("discord") or {}
     rows = [
-        _row("token", "INVALID" if d.get("token_invalid") else "ok", "token"),
+        _row("token", "INVALID" if d.get("token_invalid") else "ok", "discord-token"),
         _row("Cloudflare ban", _dur(d.get("banned_for")) if d.get("banned_for") else "none"),
     ]
     for name, p in (status.get("probes") or {}).items():
@@ -147,7 +151,8 @@ def _recent(status: dict[str, Any]) -> str:
     events = status.get("events") or []
     items = [
         f"<li><time>{_when(ev.get('at'))}</time> <b>{_e(ev.get('kind'))}</b> "
-        f"{_e(' '.join(f'{k}={v}' for k, v in ev.items() if k not in ('kind', 'at')))}</li>"
+        f"{_e(' '.join(f'{k}={_field(k, v)}' for k, v in ev.items() if k not in ('kind', 'at')))}"
+        "</li>"
         for ev in reversed(events[-15:])
     ]
     run = (status.get("reconcile") or {}).get("last_run")
