@@ -8,8 +8,10 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from apprise.plugins.telegram import NotifyTelegram  # the `notify` extra; `test` has it too
@@ -18,10 +20,13 @@ from prometheus_client import CollectorRegistry
 from monitor.clock import FakeClock
 from monitor.config.schema import NotifyConfig
 from monitor.events import EVENT_KINDS, Events
+from monitor.httpserve import start_site
 from monitor.metrics import Metrics
 from monitor.notify import StatusWatch, build_notifier, notify_secrets, notify_settings
 from monitor.notify.messages import LANGUAGES, TEMPLATES, render
 from monitor.notify.notifier import Notifier, NotifySettings
+from monitor.sim.discord import DiscordSimulator
+from tests.helpers.daemon import fast_config, running_daemon
 from tests.helpers.metrics import sample_or_zero
 from tests.helpers.wait import wait_for
 
@@ -266,3 +271,56 @@ def test_status_watch_emits_on_rising_edges_only() -> None:
     ]
     watch.observe({"reconcile": {"last_run": {"run_id": "b", "deleted": 4, "dry_run": False}}})
     assert events.recent[-1].kind == "cloudflare_ban"  # 4 < threshold 5
+
+
+async def test_a_hung_service_never_delays_the_gate_or_the_breaker(
+    discord_sim: DiscordSimulator, tmp_path: Path
+) -> None:
+    async def completions(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", completions)
+    runner, port = await start_site(upstream, "127.0.0.1", 0)
+    sender = Recorder(hang=True)  # hangs until the end of the test
+    config = fast_config(
+        discord_sim,
+        tmp_path / "state",
+        probes={"gateway": {"enabled": False}, "rest": {"enabled": False}},
+        gate={"enabled": True, "listen": "127.0.0.1:0", "upstream": f"http://127.0.0.1:{port}"},
+    )
+    try:
+        async with running_daemon(config) as daemon, aiohttp.ClientSession() as http:
+            notifier = Notifier(
+                settings(timeout=60.0, period=0.0),
+                sender=sender,
+                metrics=daemon.metrics,
+                clock=daemon.clock,
+                logger=LOG,
+            )
+            daemon.notices.events.subscribe(notifier)
+            notifier.start()
+            create = f"{daemon.gate_url}/v1/chat/completions"
+            headers = {"Authorization": "Bearer control-secret"}
+            try:
+                for i in range(20):
+                    async with http.post(
+                        f"{daemon.control_url}/pause", json={"reason": f"flap {i}"}, headers=headers
+                    ) as resp:
+                        assert (await resp.json())["breaker"]["state"] == "forced_open"
+                    async with http.post(create, json={"messages": []}) as resp:
+                        assert resp.status == 503  # refused at once, as when nothing hangs
+                    async with http.post(
+                        f"{daemon.control_url}/resume", json={}, headers=headers
+                    ) as resp:
+                        assert (await resp.json())["breaker"]["state"] != "forced_open"
+                    async with http.post(create, json={"messages": []}) as resp:
+                        assert resp.status == 200
+                assert sender.sent == []  # the first message is still hanging
+                kinds = [e.kind for e in daemon.notices.events.recent]
+                assert kinds.count("paused") == 20 and kinds.count("resumed") == 20
+            finally:
+                sender.release.set()
+                await notifier.close()
+    finally:
+        await runner.cleanup()
