@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from apprise.plugins.telegram import NotifyTelegram  # the `notify` extra; `test` has it too
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from monitor.clock import FakeClock
 from monitor.config.schema import NotifyConfig
@@ -324,3 +324,12 @@ async def test_a_hung_service_never_delays_the_gate_or_the_breaker(
                 await notifier.close()
     finally:
         await runner.cleanup()
+
+
+def test_action_and_notification_series_start_at_zero_without_created() -> None:
+    text = generate_latest(Metrics(CollectorRegistry()).registry).decode()
+    for kind in ("exec", "webhook", "notify"):
+        assert f'cdpmon_action_attempts_total{{kind="{kind}"}} 0.0' in text
+        assert f'cdpmon_action_failures_total{{kind="{kind}"}} 0.0' in text
+    assert 'cdpmon_notifications_suppressed_total{reason="rate_limited"} 0.0' in text
+    assert "_created" not in text
