@@ -329,7 +329,7 @@ class Daemon:
         set_secrets(config_secrets(new, self.environ))
         self.health.reconfigure(new)
         self.effects.actions = new.actions
-        self.notices.reconfigure(new, self.environ)
+        self.notices.reconfigure(new, self.environ, self.log)
         if new.discord != old.discord and self._session is not None:
             self._rest = new_rest(
                 new,

@@ -11,6 +11,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
+from monitor.statuspage_html import TEMPLATE
 from monitor.units import format_duration
 
 HISTORY_SPAN = 6 * 3600.0  # seconds the chart shows
@@ -183,12 +184,12 @@ def chart(
     top = max([v for _, c, d in points for v in (c, d) if v is not None] or [1]) or 1
     out = []
     for index, color in ((1, "#2563eb"), (2, "#ea580c")):
-        xy = [
-            f"{(p[0] - t0) / (t1 - t0 or 1) * (width - 40) + 35:.1f},"
-            f"{height - 20 - p[index] / top * (height - 30):.1f}"  # type: ignore[operator]
-            for p in points
-            if p[index] is not None
-        ]
+        xy = []
+        for point in points:
+            value = point[index]
+            if value is not None:
+                x = (point[0] - t0) / (t1 - t0 or 1) * (width - 40) + 35
+                xy.append(f"{x:.1f},{height - 20 - value / top * (height - 30):.1f}")
         if len(xy) > 1:
             out.append(
                 f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{" ".join(xy)}"/>'
@@ -209,11 +210,8 @@ def chart(
 
 def render_page(status: dict[str, Any], history: History | None, now: float) -> str:
     """The whole page for `status` (the /status dict) at `now`."""
-    from monitor.statuspage_html import TEMPLATE
-
-    cards = "".join(f(status) for f in (_breaker, _health, _discord, _channels, _cdp)) + _recent(
-        status
-    )
+    parts = (_breaker, _health, _discord, _channels, _cdp, _recent)
+    cards = "".join(part(status) for part in parts)
     points = list(history.points) if history is not None else []
     return TEMPLATE.substitute(
         updated=_when(now),

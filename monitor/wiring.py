@@ -30,7 +30,14 @@ from monitor.httpserve import Limits, start_site
 from monitor.ledger import LedgerView, RequestLedger
 from monitor.logs import set_secrets
 from monitor.metrics import Metrics
-from monitor.notify import Notifier, StatusWatch, build_notifier, notify_secrets, notify_settings
+from monitor.notify import (
+    Notifier,
+    StatusWatch,
+    build_notifier,
+    notify_secrets,
+    notify_settings,
+    notify_targets,
+)
 from monitor.reconcile import Reconciler, ReconcileReport
 from monitor.state import StateDir
 from monitor.statuspage import History
@@ -61,6 +68,7 @@ class Notices:
     notifier: Notifier | None
     watch: StatusWatch
     history: History
+    targets: list[str]  # the URLs the notifier was built with
 
     def start(self) -> None:
         if self.notifier is not None:
@@ -70,8 +78,12 @@ class Notices:
         if self.notifier is not None:
             await self.notifier.close()
 
-    def reconfigure(self, config: Config, environ: Mapping[str, str]) -> None:
+    def reconfigure(
+        self, config: Config, environ: Mapping[str, str], logger: logging.Logger
+    ) -> None:
         """Period, language, kinds and threshold follow a reload; URLs need a restart."""
+        if notify_targets(config.actions.notify, environ) != self.targets:
+            logger.warning("reload: actions.notify.urls changed; it takes effect after a restart")
         if self.notifier is not None:
             self.notifier.settings = notify_settings(config.actions.notify, environ)
         self.watch.reconcile_threshold = config.actions.notify.reconcile_threshold
@@ -101,7 +113,7 @@ def new_notices(
     if notifier is not None:
         events.subscribe(notifier)
     watch = StatusWatch(events, reconcile_threshold=notify.reconcile_threshold)
-    return Notices(events, notifier, watch, History())
+    return Notices(events, notifier, watch, History(), notify_targets(notify, environ))
 
 
 def new_rest(

@@ -16,16 +16,19 @@ import pytest
 from aiohttp import web
 from apprise.plugins.telegram import NotifyTelegram  # the `notify` extra; `test` has it too
 from prometheus_client import CollectorRegistry, generate_latest
+from pydantic import SecretStr
 
 from monitor.clock import FakeClock
 from monitor.config.schema import NotifyConfig
 from monitor.events import EVENT_KINDS, Events
+from monitor.health.effects import TransitionEffects
 from monitor.httpserve import start_site
 from monitor.metrics import Metrics
 from monitor.notify import StatusWatch, build_notifier, notify_secrets, notify_settings
 from monitor.notify.messages import LANGUAGES, TEMPLATES, render
 from monitor.notify.notifier import Notifier, NotifySettings
 from monitor.sim.discord import DiscordSimulator
+from monitor.wiring import new_notices
 from tests.helpers.daemon import fast_config, running_daemon
 from tests.helpers.metrics import sample_or_zero
 from tests.helpers.wait import wait_for
@@ -333,3 +336,35 @@ def test_action_and_notification_series_start_at_zero_without_created() -> None:
         assert f'cdpmon_action_failures_total{{kind="{kind}"}} 0.0' in text
     assert 'cdpmon_notifications_suppressed_total{reason="rate_limited"} 0.0' in text
     assert "_created" not in text
+
+
+def test_reload_takes_period_language_and_threshold_and_says_urls_need_a_restart(
+    discord_sim: DiscordSimulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = fast_config(discord_sim, tmp_path)
+    metrics = Metrics(CollectorRegistry())
+    effects = TransitionEffects(metrics=metrics, logger=LOG, environ={}, actions=config.actions)
+    notices = new_notices(config, effects, metrics, FakeClock(), LOG, cdp_env())
+    assert notices.notifier is not None and notices.notifier.settings.language == "zh"
+    assert effects.events is notices.events
+    new = config.model_copy(
+        update={
+            "actions": config.actions.model_copy(
+                update={
+                    "notify": NotifyConfig(
+                        language="en",
+                        period=60.0,
+                        reconcile_threshold=3,
+                        urls=(SecretStr("bark://host/KEY"),),
+                    )
+                }
+            )
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        notices.reconfigure(new, cdp_env(), LOG)
+    assert notices.notifier.settings.language == "en"
+    assert notices.notifier.settings.period == 60.0
+    assert notices.watch.reconcile_threshold == 3
+    assert "actions.notify.urls changed" in caplog.text
+    assert "KEY" not in caplog.text
