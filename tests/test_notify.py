@@ -177,10 +177,12 @@ class Recorder:
 
     def __init__(self, hang: bool = False) -> None:
         self.sent: list[str] = []
+        self.calls = 0
         self.release = threading.Event()
         self.hang = hang
 
     def __call__(self, title: str, body: str) -> bool:
+        self.calls += 1
         if self.hang:
             self.release.wait(30)
         self.sent.append(title)
@@ -227,7 +229,7 @@ async def test_a_hundred_flaps_in_a_minute_make_one_message_per_kind_per_period(
     ]
 
 
-async def test_a_hung_service_delays_neither_emit_nor_the_worker_beyond_its_timeout() -> None:
+async def test_a_hung_service_costs_one_thread_and_every_message_fails_fast() -> None:
     clock = FakeClock()
     metrics = Metrics(CollectorRegistry())
     sender = Recorder(hang=True)
@@ -242,10 +244,12 @@ async def test_a_hung_service_delays_neither_emit_nor_the_worker_beyond_its_time
             events.emit(kind)
         await wait_for(
             lambda: (
-                sample_or_zero(metrics.registry, "cdpmon_action_failures_total", kind="notify") >= 2
+                sample_or_zero(metrics.registry, "cdpmon_action_failures_total", kind="notify")
+                == len(EVENT_KINDS)
             ),
-            what="hung sends abandoned after their timeout",
+            what="the first send abandoned after its timeout, the others failed at once",
         )
+        assert sender.calls == 1 and sender.sent == []  # one thread hangs, no pile of them
     finally:
         sender.release.set()
         await notifier.close()

@@ -1,18 +1,20 @@
 """The notifier: turns events into messages on the operator's notification services.
 
 Never in the daemon's way: `__call__` (an event subscriber) only rate-limits and queues;
-one worker task sends, each send bounded by `timeout` and run on the notifier's own
-thread (Apprise is synchronous), so a hung service stalls neither the event loop nor
-the default executor aiohttp resolves names on. One message per event kind per
-`period`; the rest, and whatever overflows the queue, is counted as suppressed.
+one worker task sends, each send bounded by `timeout` and run on a daemon thread of its
+own (Apprise is synchronous), so a hung service stalls neither the event loop, nor the
+default executor aiohttp resolves names on, nor the process's exit. At most one such
+thread hangs at a time: while it does, further messages fail at once. One message per
+event kind per `period`; the rest, and whatever overflows the queue, is counted as
+suppressed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from monitor.clock import Clock
@@ -53,7 +55,7 @@ class Notifier:
         self._log = logger
         self._last: dict[str, float] = {}
         self._queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_MAX)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdpmon-notify")
+        self._busy = False  # a send thread is still running (maybe hung)
         self._task: asyncio.Task[None] | None = None
         self.sent = 0  # delivered messages, for tests and the status page
 
@@ -81,7 +83,6 @@ class Notifier:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        self._pool.shutdown(wait=False, cancel_futures=True)  # a hung send is abandoned
 
     async def _run(self) -> None:
         while True:
@@ -92,10 +93,8 @@ class Notifier:
         s = self.settings
         title, body = render(event, s.language, s.instance)
         self._metrics.action_attempts.labels(kind="notify").inc()
-        loop = asyncio.get_running_loop()
         try:
-            future = loop.run_in_executor(self._pool, self._sender, title, body)
-            ok = await asyncio.wait_for(future, s.timeout)
+            ok = await asyncio.wait_for(self._in_thread(title, body), s.timeout)
             error = None if ok else "a service refused it"
         except TimeoutError:
             error = f"no answer within {s.timeout}s"
@@ -106,6 +105,37 @@ class Notifier:
             return
         self._metrics.action_failures.labels(kind="notify").inc()
         self._log.warning("notification %s failed: %s", event.kind, error)
+
+    def _in_thread(self, title: str, body: str) -> asyncio.Future[bool]:
+        """The sender's answer, computed on a daemon thread (abandoned if it hangs)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        if self._busy:
+            future.set_exception(RuntimeError("the previous message is still hanging"))
+            return future
+
+        def settle(ok: bool | None, exc: BaseException | None) -> None:
+            if future.done():  # timed out meanwhile
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(bool(ok))
+
+        def work() -> None:
+            try:
+                result: tuple[bool | None, BaseException | None] = (self._sender(title, body), None)
+            except Exception as exc:
+                result = (None, exc)
+            self._busy = False  # before the answer: the next send may start at once
+            try:
+                loop.call_soon_threadsafe(settle, *result)
+            except RuntimeError:
+                pass  # the loop is gone (shutdown): nobody waits for this answer
+
+        self._busy = True
+        threading.Thread(target=work, name="cdpmon-notify", daemon=True).start()
+        return future
 
 
 def apprise_sender(urls: list[str]) -> Sender:
