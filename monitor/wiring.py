@@ -109,7 +109,7 @@ def new_notices(
     events = Events(clock=clock, logger=logger)
     effects.events = events
     notify = config.actions.notify
-    notifier = build_notifier(notify, environ=environ, metrics=metrics, clock=clock, logger=logger)
+    notifier = build_notifier(notify, environ=environ, metrics=metrics, logger=logger)
     if notifier is not None:
         events.subscribe(notifier)
     watch = StatusWatch(events, reconcile_threshold=notify.reconcile_threshold)

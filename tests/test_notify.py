@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from monitor.clock import FakeClock
 from monitor.config.schema import NotifyConfig
+from monitor.errors import MonitorError
 from monitor.events import EVENT_KINDS, Events
 from monitor.health.effects import TransitionEffects
 from monitor.httpserve import start_site
@@ -98,9 +99,7 @@ async def test_every_event_kind_reaches_telegram_from_cdps_variables(
 ) -> None:
     clock = FakeClock()
     metrics = Metrics(CollectorRegistry())
-    notifier = build_notifier(
-        NotifyConfig(), environ=cdp_env(), metrics=metrics, clock=clock, logger=LOG
-    )
+    notifier = build_notifier(NotifyConfig(), environ=cdp_env(), metrics=metrics, logger=LOG)
     assert notifier is not None and notifier.settings.language == "zh"  # CDP's vars alone
     events = Events(clock=clock)
     events.subscribe(notifier)
@@ -128,7 +127,7 @@ async def test_configured_url_speaks_english_and_a_refusal_is_counted(
 ) -> None:
     metrics = Metrics(CollectorRegistry())
     config = NotifyConfig.model_validate({"urls": [f"tgram://{BOT_TOKEN}/{CHAT_ID}"]})
-    notifier = build_notifier(config, environ={}, metrics=metrics, clock=FakeClock(), logger=LOG)
+    notifier = build_notifier(config, environ={}, metrics=metrics, logger=LOG)
     assert notifier is not None and notifier.settings.language == "en"
     events = Events(clock=FakeClock())
     events.subscribe(notifier)
@@ -203,7 +202,7 @@ async def test_a_hundred_flaps_in_a_minute_make_one_message_per_kind_per_period(
     clock = FakeClock()
     metrics = Metrics(CollectorRegistry())
     sender = Recorder()
-    notifier = Notifier(settings(), sender=sender, metrics=metrics, clock=clock, logger=LOG)
+    notifier = Notifier(settings(), sender=sender, metrics=metrics, logger=LOG)
     events = Events(clock=clock)
     events.subscribe(notifier)
     notifier.start()
@@ -233,9 +232,7 @@ async def test_a_hung_service_costs_one_thread_and_every_message_fails_fast() ->
     clock = FakeClock()
     metrics = Metrics(CollectorRegistry())
     sender = Recorder(hang=True)
-    notifier = Notifier(
-        settings(timeout=0.05), sender=sender, metrics=metrics, clock=clock, logger=LOG
-    )
+    notifier = Notifier(settings(timeout=0.05), sender=sender, metrics=metrics, logger=LOG)
     events = Events(clock=clock)
     events.subscribe(notifier)
     notifier.start()
@@ -302,7 +299,6 @@ async def test_a_hung_service_never_delays_the_gate_or_the_breaker(
                 settings(timeout=60.0, period=0.0),
                 sender=sender,
                 metrics=daemon.metrics,
-                clock=daemon.clock,
                 logger=LOG,
             )
             daemon.notices.events.subscribe(notifier)
@@ -372,3 +368,14 @@ def test_reload_takes_period_language_and_threshold_and_says_urls_need_a_restart
     assert notices.watch.reconcile_threshold == 3
     assert "actions.notify.urls changed" in caplog.text
     assert "KEY" not in caplog.text
+
+
+def test_a_url_apprise_cannot_use_is_named_by_where_it_came_from_not_shown() -> None:
+    config = NotifyConfig.model_validate({"urls": ["nosuchservice://SECRET"]})
+    with pytest.raises(MonitorError) as info:
+        build_notifier(config, environ={}, metrics=Metrics(CollectorRegistry()), logger=LOG)
+    assert "actions.notify.urls[0]" in str(info.value) and "SECRET" not in str(info.value)
+    assert (
+        build_notifier(NotifyConfig(), environ={}, metrics=Metrics(CollectorRegistry()), logger=LOG)
+        is None
+    )

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from monitor.clock import Clock
 from monitor.config.schema import NotifyConfig
 from monitor.errors import MonitorError
 from monitor.metrics import Metrics
@@ -67,7 +66,6 @@ def build_notifier(
     *,
     environ: Mapping[str, str],
     metrics: Metrics,
-    clock: Clock,
     logger: logging.Logger,
     sender: Sender | None = None,
 ) -> Notifier | None:
@@ -78,7 +76,11 @@ def build_notifier(
         return None
     if sender is None:
         try:
-            sender = apprise_sender(urls)
+            names = [f"actions.notify.urls[{i}]" for i in range(len(config.urls))]
+            names += ["NOTIFY_TELEGRAM_BOT_TOKEN/NOTIFY_TELEGRAM_USER_ID"] * (
+                len(urls) - len(names)
+            )
+            sender = apprise_sender(urls, names)
         except ImportError:
             hint = "notifications need Apprise: pip install 'cdp-monitor[notify]'"
             if config.urls:
@@ -91,6 +93,5 @@ def build_notifier(
         notify_settings(config, environ),
         sender=sender,
         metrics=metrics,
-        clock=clock,
         logger=logger,
     )

@@ -17,7 +17,6 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from monitor.clock import Clock
 from monitor.events import Event
 from monitor.metrics import Metrics
 from monitor.notify.messages import render
@@ -45,13 +44,11 @@ class Notifier:
         *,
         sender: Sender,
         metrics: Metrics,
-        clock: Clock,
         logger: logging.Logger,
     ) -> None:
         self.settings = settings
         self._sender = sender
         self._metrics = metrics
-        self._clock = clock
         self._log = logger
         self._last: dict[str, float] = {}
         self._queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_MAX)
@@ -138,15 +135,15 @@ class Notifier:
         return future
 
 
-def apprise_sender(urls: list[str]) -> Sender:
-    """A sender over Apprise (the `notify` extra); ValueError names a URL it cannot use
-    by position only, since the URL holds the service's secret."""
+def apprise_sender(urls: list[str], names: list[str]) -> Sender:
+    """A sender over Apprise (the `notify` extra). ValueError names a URL it cannot use
+    by where it came from (`names`), since the URL holds the service's secret."""
     import apprise  # optional: imported only when notifications are configured
 
     client = apprise.Apprise()
-    for i, url in enumerate(urls):
+    for url, name in zip(urls, names, strict=True):
         if not client.add(url):
-            raise ValueError(f"actions.notify.urls[{i}]: Apprise does not understand this URL")
+            raise ValueError(f"{name}: Apprise does not understand this URL")
 
     def send(title: str, body: str) -> bool:
         return bool(client.notify(body=body, title=title))
