@@ -155,7 +155,7 @@ async def test_browser_shows_status_numbers_and_pauses_from_the_page(
             browser.find_element(By.ID, "for").send_keys("30m")
             browser.find_element(By.ID, "reason").send_keys("page test")
             browser.find_element(By.ID, "pause").click()
-# The page reloads after the pause: an element may belong to the old document.
+            # The page reloads after the pause: an element may belong to the old document.
             WebDriverWait(browser, 15, ignored_exceptions=[WebDriverException]).until(
                 lambda d: d.find_element(By.ID, "breaker-state").text == "forced_open"
             )
