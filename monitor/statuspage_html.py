@@ -31,7 +31,7 @@ button{padding:8px 12px;font-size:1em;border-radius:6px;border:1px solid #888;ba
 </style></head>
 <body>
 <h1>cdp-monitor</h1>
-<div class="updated">updated $updated &middot; <a href="/">refresh</a></div>
+<div class="updated">updated $updated (every minute) &middot; <a href="/">refresh</a></div>
 <div class="grid">
 $cards
 <section class="card wide"><h2>Channels and creations</h2>$chart</section>
@@ -76,6 +76,13 @@ function act(ev) {
 ["pause", "resume", "reconcile"].forEach(function (id) {
   document.getElementById(id).addEventListener("click", act);
 });
+// Fresh numbers every minute, unless someone is typing or reading an answer.
+setInterval(function () {
+  var busy = Array.prototype.some.call(document.querySelectorAll("input"), function (el) {
+    return el.value !== "";
+  });
+  if (!busy && document.getElementById("result").textContent === "") location.reload();
+}, 60000);
 </script>
 </body></html>
 """
