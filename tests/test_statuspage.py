@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
+from prometheus_client import CollectorRegistry
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
@@ -21,6 +22,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from monitor.control import build_control_app
 from monitor.sim.discord import DiscordSimulator
 from monitor.statuspage import History, render_page
 from tests.helpers.daemon import fast_config, running_daemon
@@ -73,19 +75,38 @@ def test_page_renders_the_status_numbers_escaped_and_nothing_secret() -> None:
     assert not re.search(r"""(src|href)=["']https?://""", page)  # no external assets
 
 
-async def test_page_needs_no_token_and_sets_a_strict_policy(
-    discord_sim: DiscordSimulator, tmp_path: Path
-) -> None:
-    async with (
-        running_daemon(fast_config(discord_sim, tmp_path)) as daemon,
-        aiohttp.ClientSession() as http,
-        http.get(daemon.control_url + "/") as resp,
-    ):
-        assert resp.status == 200 and resp.content_type == "text/html"
-        assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
-        assert resp.headers["X-Frame-Options"] == "DENY"
-        text = await resp.text()
-        assert TOKEN not in text and discord_sim.settings.token not in text
+class StubTarget:
+    """A ControlTarget that only answers status()."""
+
+    def status(self) -> dict[str, Any]:
+        return STATUS
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        return True, {}
+
+    def ready(self) -> bool:
+        return True
+
+    async def pause(self, duration: float | None, reason: str | None) -> None:
+        raise AssertionError("not called")
+
+    async def resume(self) -> None:
+        raise AssertionError("not called")
+
+    async def reconcile(self, dry_run: bool) -> dict[str, Any]:
+        raise AssertionError("not called")
+
+
+async def test_page_needs_no_token_and_sets_a_strict_policy(aiohttp_client: Any) -> None:
+    app = build_control_app(StubTarget(), registry=CollectorRegistry(), token=TOKEN)
+    client = await aiohttp_client(app)
+    resp = await client.get("/")
+    assert resp.status == 200 and resp.content_type == "text/html"
+    assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
+    assert resp.headers["X-Frame-Options"] == "DENY"
+    text = await resp.text()
+    assert '<td id="channels">420</td>' in text and TOKEN not in text
+    assert (await client.get("/status")).status == 401  # the JSON still wants the token
 
 
 def _chromium() -> WebDriver:
