@@ -28,8 +28,11 @@ EVENT_KINDS = (
     "daily_creations_near_cap",  # gateway session (issue 13): (creates, cap, seconds_to_cap)
     "token_invalid",  # status watch: Discord answered 401 (nothing else)
     "cloudflare_ban",  # status watch: Cloudflare banned this IP (seconds)
-    "cdp_trouble",  # gate (issue 14): CDP's own errors, e.g. user tokens exhausted (detail)
-    "discord_unreachable",  # gate (issue 14): cannot reach Discord at all (detail)
+    # gate (issue 14): CDP's own errors, e.g. user tokens exhausted; status watch: the
+    # CDP probe fails (detail)
+    "cdp_trouble",
+    # gate (issue 14): cannot reach Discord; status watch: every Discord probe fails (detail)
+    "discord_unreachable",
     "reconcile_deleted",  # status watch: one run deleted >= threshold channels (deleted, run_id)
 )
 RECENT = 50  # events kept for the status page

@@ -379,3 +379,23 @@ def test_a_url_apprise_cannot_use_is_named_by_where_it_came_from_not_shown() -> 
         build_notifier(NotifyConfig(), environ={}, metrics=Metrics(CollectorRegistry()), logger=LOG)
         is None
     )
+
+
+def test_status_watch_reads_unreachable_discord_and_cdp_off_the_probes() -> None:
+    events = Events(clock=FakeClock())
+    watch = StatusWatch(events, reconcile_threshold=5)
+    ok = {"ok": True, "detail": None}
+    one_down = {"gateway": {"ok": False, "detail": "timeout"}, "rest": ok, "cdp": ok}
+    all_down = {
+        "gateway": {"ok": False, "detail": "timeout in connect"},
+        "rest": {"ok": False, "detail": "HTTP 502"},
+        "cdp": {"ok": False, "detail": "connection refused"},
+    }
+    for probes in (one_down, all_down, all_down, one_down, all_down):
+        watch.observe({"probes": probes})
+    assert [(e.kind, e.fields["detail"]) for e in events.recent] == [
+        ("discord_unreachable", "timeout in connect; HTTP 502"),
+        ("cdp_trouble", "CDP does not answer: connection refused"),
+        ("discord_unreachable", "timeout in connect; HTTP 502"),
+        ("cdp_trouble", "CDP does not answer: connection refused"),
+    ]

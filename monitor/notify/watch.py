@@ -1,12 +1,16 @@
 """Events read off the daemon's /status: the facts other components keep as state
-(the census, the REST client's token and ban flags, the last reconcile run) become
-events on their rising edge, so those components need no event plumbing of their own."""
+(the census, the REST client's token and ban flags, the last reconcile run, the probes)
+become events on their rising edge, so those components need no event plumbing of
+their own. Every Discord probe failing is `discord_unreachable`, the CDP probe failing
+`cdp_trouble` (the gate and the gateway session add their own, finer ones)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from monitor.events import Events
+
+DISCORD_PROBES = ("gateway", "rest")
 
 
 class StatusWatch:
@@ -19,6 +23,8 @@ class StatusWatch:
         self._token_invalid = False
         self._banned = False
         self._last_run: str | None = None
+        self._unreachable = False
+        self._cdp_down = False
 
     def observe(self, status: dict[str, Any]) -> None:
         self._census(status.get("channels"))
@@ -32,6 +38,20 @@ class StatusWatch:
             self._events.emit("cloudflare_ban", seconds=banned_for)
         self._banned = banned_for > 0
         self._reconcile(status.get("reconcile"))
+        self._probes(status.get("probes") or {})
+
+    def _probes(self, probes: dict[str, Any]) -> None:
+        discord = [probes[name] for name in DISCORD_PROBES if name in probes]
+        unreachable = bool(discord) and not any(p.get("ok") for p in discord)
+        if unreachable and not self._unreachable:
+            detail = "; ".join(f"{p.get('detail')}" for p in discord)
+            self._events.emit("discord_unreachable", detail=detail)
+        self._unreachable = unreachable
+        cdp = probes.get("cdp") or {}
+        cdp_down = bool(cdp) and not cdp.get("ok")
+        if cdp_down and not self._cdp_down:
+            self._events.emit("cdp_trouble", detail=f"CDP does not answer: {cdp.get('detail')}")
+        self._cdp_down = cdp_down
 
     def _census(self, census: dict[str, Any] | None) -> None:
         if census is None:
