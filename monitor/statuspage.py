@@ -103,11 +103,15 @@ def _health(status: dict[str, Any]) -> str:
 
 def _discord(status: dict[str, Any]) -> str:
     d = status.get("discord") or {}
+    probes = status.get("probes") or {}
+    discord = [p for name, p in probes.items() if name in ("gateway", "rest")]
+    reachable = "-" if not discord else ("yes" if any(p.get("ok") for p in discord) else "NO")
     rows = [
+        _row("reachable", reachable, "discord-reachable"),
         _row("token", "INVALID" if d.get("token_invalid") else "ok", "discord-token"),
         _row("Cloudflare ban", _dur(d.get("banned_for")) if d.get("banned_for") else "none"),
     ]
-    for name, p in (status.get("probes") or {}).items():
+    for name, p in probes.items():
         rows.append(
             _row(f"probe {name}", "ok" if p.get("ok") else f"failed: {_e(p.get('detail'))}")
         )

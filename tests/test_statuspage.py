@@ -72,6 +72,7 @@ def test_page_renders_the_status_numbers_escaped_and_nothing_secret() -> None:
     assert "<script>alert(1)" not in page
     assert "user:pw" not in page and "10.0.0.1" not in page  # the upstream is not shown
     assert page.count("<polyline") == 2
+    assert '<td id="discord-reachable">-</td>' in page  # no probe results yet
     assert not re.search(r"""(src|href)=["']https?://""", page)  # no external assets
 
 
@@ -156,6 +157,7 @@ async def test_browser_shows_status_numbers_and_pauses_from_the_page(
             ),
             what="census",
         )
+        await wait_for(daemon.ready, what="the first probe round")
         now = daemon.clock.time()
         daemon.notices.history.points.clear()
         for i in range(30):  # two hours of chart, as the watch loop would have recorded
@@ -169,6 +171,7 @@ async def test_browser_shows_status_numbers_and_pauses_from_the_page(
         assert await in_thread(lambda: text("breaker-state")) == status["breaker"]["state"]
         assert await in_thread(lambda: text("channels")) == str(status["channels"]["channels"])
         assert await in_thread(lambda: text("channel-limit")) == str(status["channels"]["limit"])
+        assert await in_thread(lambda: text("discord-reachable")) == "yes"
         await in_thread(lambda: browser.save_screenshot(str(tmp_path / "status-page.png")))
 
         def pause() -> None:
