@@ -24,6 +24,7 @@ from monitor.clock import SYSTEM_CLOCK, Clock
 from monitor.config import Config, load_config
 from monitor.control import Unavailable
 from monitor.discord.rest import DiscordRestClient
+from monitor.discord.session_watch import GuildWatch
 from monitor.errors import ConfigError
 from monitor.gate import Gate, new_upstream_session
 from monitor.health.breaker import HealthBreaker
@@ -93,6 +94,14 @@ class Daemon:
             environ=self.environ,
         )
         self.notices = new_notices(config, self.effects, self.metrics, clock, logger, self.environ)
+        self.watch = GuildWatch(
+            config,
+            health=self.health,
+            metrics=self.metrics,
+            state_dir=self.state_dir,
+            clock=clock,
+            logger=logger,
+        )
         self.reconciler: Reconciler | None = None
         self.supervisor = Supervisor(metrics=self.metrics, logger=logger, clock=clock)
         self.probe_results: dict[str, ProbeResult] = {}
@@ -183,12 +192,9 @@ class Daemon:
                 if self.reconciler is not None
                 else {"channels": None, "reconcile": None}
             ),
+            "gateway_session": self.watch.status(self.clock.time()),
             "gate": None if self.gate is None else self.gate.status(),
-            "discord": {
-                "token_invalid": self._rest.token_invalid if self._rest else False,
-                "banned_for": self._rest.banned_for if self._rest else 0.0,
-            },
-            "events": [e.as_dict() for e in self.notices.events.recent],
+            **self.notices.status(self._rest),
             "loops": self.supervisor.status(),
             "ready": self._ready.is_set(),
         }
@@ -211,6 +217,11 @@ class Daemon:
         report = await self.reconciler.run(dry_run=dry_run, trigger="api")
         return report.as_dict()
 
+    def _new_rest(self, config: Config, session: aiohttp.ClientSession) -> DiscordRestClient:
+        return new_rest(
+            config, session=session, metrics=self.metrics, clock=self.clock, logger=self.log
+        )
+
     def _new_reconciler(self, config: Config) -> Reconciler:
         return new_reconciler(
             config,
@@ -220,6 +231,7 @@ class Daemon:
             metrics=self.metrics,
             clock=self.clock,
             logger=self.log,
+            live=self.watch.live,
         )
 
     # -- lifecycle ------------------------------------------------------------------
@@ -227,13 +239,7 @@ class Daemon:
     async def start(self) -> None:
         """Open the session, start the control API, the gate and every loop."""
         self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
-        self._rest = new_rest(
-            self.config,
-            session=self._session,
-            metrics=self.metrics,
-            clock=self.clock,
-            logger=self.log,
-        )
+        self._rest = self._new_rest(self.config, self._session)
         self._actions = ActionRunner(session=self._session, metrics=self.metrics, logger=self.log)
         self.effects.runner = self._actions
         self._probe_ctx = probe_context(
@@ -245,8 +251,8 @@ class Daemon:
         )
         if self.config.gate.enabled:
             await self._start_gate()
+        self.watch.start(self.supervisor, rest=self._rest, http=self._session)
         self._start_loops()
-        self.notices.start()
 
     def _start_loops(self) -> None:
         probes = enabled_probes(self.config)
@@ -255,7 +261,7 @@ class Daemon:
         if not probes:
             self._ready.set()
         self.supervisor.start("evaluate", self.health.run)
-        self.supervisor.start("watch", functools.partial(self.notices.run, self.status, self.clock))
+        self.notices.start(self.supervisor, self.status, self.clock)
         self.reconciler = self._new_reconciler(self.config)
         self.supervisor.start("reconcile", self._reconcile_loop)
         if self.config.signals.cdp_log.enabled:
@@ -331,17 +337,12 @@ class Daemon:
         self.effects.actions = new.actions
         self.notices.reconfigure(new, self.environ, self.log)
         if new.discord != old.discord and self._session is not None:
-            self._rest = new_rest(
-                new,
-                session=self._session,
-                metrics=self.metrics,
-                clock=self.clock,
-                logger=self.log,
-            )
+            self._rest = self._new_rest(new, self._session)
             if self.reconciler is not None:
                 self.reconciler = self._new_reconciler(new)  # the loop takes it on its next pass
         elif self.reconciler is not None:
             self.reconciler.reconfigure(new.reconcile, channel_limit=new.discord.channel_limit)
+        self.watch.reconfigure(new, rest=self.rest)
         self.config = new
         if self._probe_ctx is not None:
             self._probe_ctx.config = new

@@ -25,7 +25,9 @@ EVENT_KINDS = (
     "paused",  # health effects: a manual pause (reason, until)
     "resumed",  # health effects: the pause ended (reason)
     "guild_watermark",  # status watch: census above the high watermark (channels, limit)
-    "daily_creations_near_cap",  # gateway session (issue 13): (creates, cap, seconds_to_cap)
+    # status watch: the gateway session's creations in 24 h near the daily cap
+    # (creates, cap, seconds_to_cap)
+    "daily_creations_near_cap",
     "token_invalid",  # status watch: Discord answered 401 (nothing else)
     "cloudflare_ban",  # status watch: Cloudflare banned this IP (seconds)
     # gate (issue 14): CDP's own errors, e.g. user tokens exhausted; status watch: the

@@ -36,16 +36,16 @@ class History:
 
 
 def _creations(status: dict[str, Any]) -> dict[str, Any]:
-    """Daily creations against the cap, when the gateway session reports them
-    (`gateway_session` or `channels` with creates_24h / create_limit_daily)."""
-    for part in (status.get("gateway_session"), status.get("channels")):
-        if isinstance(part, dict) and part.get("creates_24h") is not None:
-            return {
-                "creates": part.get("creates_24h"),
-                "cap": part.get("create_limit_daily"),
-                "seconds_to_cap": part.get("seconds_to_cap"),
-            }
-    return {}
+    """Daily creations against the cap, when the gateway session counts them
+    (/status `channels.live`: creates_24h, create_limit_daily, seconds_to_create_cap)."""
+    live = (status.get("channels") or {}).get("live") or {}
+    if live.get("creates_24h") is None:
+        return {}
+    return {
+        "creates": live["creates_24h"],
+        "cap": live.get("create_limit_daily"),
+        "seconds_to_cap": live.get("seconds_to_create_cap"),
+    }
 
 
 def _e(value: Any) -> str:

@@ -5,6 +5,7 @@ the probe context, the reconciler, the gate and the control app are built from a
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -19,6 +20,7 @@ from monitor.clock import SYSTEM_CLOCK, Clock
 from monitor.config import CdpLogConfig, Config
 from monitor.control import ControlTarget, build_control_app
 from monitor.discord.rest import DiscordRestClient
+from monitor.discord.session_live import LiveGuild
 from monitor.errors import MonitorError
 from monitor.events import Events
 from monitor.gate import Gate
@@ -41,9 +43,12 @@ from monitor.notify import (
 from monitor.reconcile import Reconciler, ReconcileReport
 from monitor.state import StateDir
 from monitor.statuspage import History
+from monitor.supervise import Supervisor
 from monitor.units import HostPort, url_for
 
 _LOG = logging.getLogger("cdp-monitor")
+# Built once at start (listeners, loops, log handler): a reload keeps the running values.
+FIXED_ON_RELOAD = ("control", "state_dir", "gate", "signals", "log")
 _RECONCILE_LOG = logging.getLogger("monitor.reconcile")
 
 
@@ -70,9 +75,23 @@ class Notices:
     history: History
     targets: list[str]  # the URLs the notifier was built with
 
-    def start(self) -> None:
+    def start(
+        self, supervisor: Supervisor, status: Callable[[], dict[str, Any]], clock: Clock
+    ) -> None:
+        """The notifier's worker, and the supervised loop that watches /status."""
         if self.notifier is not None:
             self.notifier.start()
+        supervisor.start("status-watch", functools.partial(self.run, status, clock))
+
+    def status(self, rest: DiscordRestClient | None) -> dict[str, Any]:
+        """The `discord` and `events` parts of /status."""
+        return {
+            "discord": {
+                "token_invalid": rest.token_invalid if rest is not None else False,
+                "banned_for": rest.banned_for if rest is not None else 0.0,
+            },
+            "events": [e.as_dict() for e in self.events.recent],
+        }
 
     async def close(self) -> None:
         if self.notifier is not None:
@@ -87,6 +106,7 @@ class Notices:
         if self.notifier is not None:
             self.notifier.settings = notify_settings(config.actions.notify, environ)
         self.watch.reconcile_threshold = config.actions.notify.reconcile_threshold
+        self.watch.creations_ratio = config.actions.notify.creations_ratio
 
     async def run(self, status: Callable[[], dict[str, Any]], clock: Clock) -> None:
         """The watch loop: read /status, emit what changed, feed the chart."""
@@ -112,8 +132,23 @@ def new_notices(
     notifier = build_notifier(notify, environ=environ, metrics=metrics, logger=logger)
     if notifier is not None:
         events.subscribe(notifier)
-    watch = StatusWatch(events, reconcile_threshold=notify.reconcile_threshold)
+    watch = StatusWatch(
+        events,
+        reconcile_threshold=notify.reconcile_threshold,
+        creations_ratio=notify.creations_ratio,
+    )
     return Notices(events, notifier, watch, History(), notify_targets(notify, environ))
+
+
+def keep_fixed(old: Config, new: Config, logger: logging.Logger) -> Config:
+    """`new` with the keys that need a restart kept at their running values (said in the
+    log, rather than claiming a change that did not happen)."""
+    for key in FIXED_ON_RELOAD:
+        if getattr(old, key) != getattr(new, key):
+            logger.warning("reload: %s changed; it takes effect after a restart", key)
+    if enabled_probes(old) != enabled_probes(new):
+        logger.warning("reload: the set of enabled probes takes effect after a restart")
+    return new.model_copy(update={key: getattr(old, key) for key in FIXED_ON_RELOAD})
 
 
 def new_rest(
@@ -198,6 +233,7 @@ def new_reconciler(
     metrics: Metrics,
     clock: Clock = SYSTEM_CLOCK,
     logger: logging.Logger = _LOG,
+    live: LiveGuild | None = None,
 ) -> Reconciler:
     return Reconciler.from_config(
         config,
@@ -207,6 +243,7 @@ def new_reconciler(
         metrics=metrics,
         clock=clock,
         logger=logger,
+        live=live,
     )
 
 
@@ -286,18 +323,3 @@ async def reconcile_once(
         logger=logger,
     )
     return await reconciler.run(dry_run=dry_run, trigger="cli")
-
-
-# Built once at start (listeners, loops, log handler): a reload keeps the running values.
-FIXED_ON_RELOAD = ("control", "state_dir", "gate", "signals", "log")
-
-
-def keep_fixed(old: Config, new: Config, logger: logging.Logger) -> Config:
-    """`new` with the keys that need a restart kept at their running values (said in
-    the log, rather than claiming a change that did not happen)."""
-    for key in FIXED_ON_RELOAD:
-        if getattr(old, key) != getattr(new, key):
-            logger.warning("reload: %s changed; it takes effect after a restart", key)
-    if enabled_probes(old) != enabled_probes(new):
-        logger.warning("reload: the set of enabled probes takes effect after a restart")
-    return new.model_copy(update={key: getattr(old, key) for key in FIXED_ON_RELOAD})

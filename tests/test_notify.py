@@ -399,3 +399,20 @@ def test_status_watch_reads_unreachable_discord_and_cdp_off_the_probes() -> None
         ("discord_unreachable", "timeout in connect; HTTP 502"),
         ("cdp_trouble", "CDP does not answer: connection refused"),
     ]
+
+
+def test_status_watch_says_when_daily_creations_near_the_cap() -> None:
+    events = Events(clock=FakeClock())
+    watch = StatusWatch(events, reconcile_threshold=5, creations_ratio=0.8)
+
+    def status(creates: int) -> dict[str, Any]:
+        live = {"creates_24h": creates, "create_limit_daily": 1000, "seconds_to_create_cap": 600}
+        return {"channels": {"channels": 1, "limit": 500, "live": live}}
+
+    for creates in (100, 799, 800, 950, 700, 810):
+        watch.observe(status(creates))
+    near = [e.fields for e in events.recent if e.kind == "daily_creations_near_cap"]
+    assert near == [
+        {"creates": 800, "cap": 1000, "seconds_to_cap": 600},
+        {"creates": 810, "cap": 1000, "seconds_to_cap": 600},
+    ]

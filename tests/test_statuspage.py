@@ -45,13 +45,9 @@ STATUS: dict[str, Any] = {
         "usage": 0.84,
         "above_watermark": True,
         "temp": {"leaked": 3},
+        "live": {"creates_24h": 950, "create_limit_daily": 1000, "seconds_to_create_cap": 5400},
     },
-    "gateway_session": {
-        "state": "up",
-        "creates_24h": 950,
-        "create_limit_daily": 1000,
-        "seconds_to_cap": 5400,
-    },
+    "gateway_session": {"state": "up"},
     "gate": {"upstream": "http://user:pw@10.0.0.1:7078", "decisions": {"hold": 4}},
     "discord": {"token_invalid": False, "banned_for": 0.0},
     "events": [{"kind": "paused", "at": 1_700_000_000.0, "reason": "maint"}],
@@ -62,7 +58,7 @@ def test_page_renders_the_status_numbers_escaped_and_nothing_secret() -> None:
     history = History()
     for i in range(5):
         history.record(
-            {"channels": {"channels": 400 + i}, "gateway_session": STATUS["gateway_session"]},
+            {"channels": {"channels": 400 + i, "live": STATUS["channels"]["live"]}},
             1_700_000_000.0 + 60 * i,
         )
     page = render_page(STATUS, history, 1_700_000_300.0)
@@ -162,7 +158,7 @@ async def test_browser_shows_status_numbers_and_pauses_from_the_page(
         daemon.notices.history.points.clear()
         for i in range(30):  # two hours of chart, as the watch loop would have recorded
             daemon.notices.history.record(
-                {"channels": {"channels": 300 + 4 * i}, "gateway_session": {"creates_24h": 10 * i}},
+                {"channels": {"channels": 300 + 4 * i, "live": {"creates_24h": 10 * i}}},
                 now - 7200 + 240 * i,
             )
         status = await status_of(url)

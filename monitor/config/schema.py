@@ -60,6 +60,16 @@ class _Section(BaseModel):
 # Sections
 
 
+class GatewaySessionConfig(_Section):
+    """The daemon's own gateway session (live channels, daily creations, heartbeats)."""
+
+    enabled: bool = True
+    identify_reserve: Annotated[Int, Field(ge=0)] = 100
+    max_identifies_per_day: Annotated[Int, Field(ge=1)] = 20
+    compress: bool = False
+    resync_interval: PositiveDuration = 1800.0
+
+
 class DiscordConfig(_Section):
     token: BotToken
     token_file: ResolvedPath | None = None  # where `token` was read from, if anywhere
@@ -70,6 +80,8 @@ class DiscordConfig(_Section):
     max_retries: Annotated[Int, Field(ge=0)] = 3
     request_timeout: PositiveDuration = 10.0
     channel_limit: Annotated[Int, Field(ge=1)] = 500
+    daily_create_limit: Annotated[Int, Field(ge=0)] = 500  # 0: off
+    gateway_session: GatewaySessionConfig = GatewaySessionConfig()
 
 
 class _TimedProbeConfig(_Section):
@@ -285,6 +297,8 @@ class NotifyConfig(_Section):
     timeout: PositiveDuration = 10.0
     events: tuple[str, ...] = EVENT_KINDS
     reconcile_threshold: Annotated[Int, Field(ge=1)] = 10  # deletions in one run
+    # daily_creations_near_cap: creations in 24 h at this share of discord.daily_create_limit.
+    creations_ratio: Fraction = 0.8
     instance: str = ""  # prefixed to every title, to tell several daemons apart
 
     @field_validator("events")

@@ -1,5 +1,6 @@
 """Events read off the daemon's /status: the facts other components keep as state
-(the census, the REST client's token and ban flags, the last reconcile run, the probes)
+(the census and the session's daily creations, the REST client's token and ban flags,
+the last reconcile run, the probes)
 become events on their rising edge, so those components need no event plumbing of
 their own. Every Discord probe failing is `discord_unreachable`, the CDP probe failing
 `cdp_trouble` (the gate and the gateway session add their own, finer ones)."""
@@ -16,9 +17,13 @@ DISCORD_PROBES = ("gateway", "rest")
 class StatusWatch:
     """Call `observe` with each fresh /status dict; it emits on changes only."""
 
-    def __init__(self, events: Events, *, reconcile_threshold: int) -> None:
+    def __init__(
+        self, events: Events, *, reconcile_threshold: int, creations_ratio: float = 0.8
+    ) -> None:
         self._events = events
         self.reconcile_threshold = reconcile_threshold
+        self.creations_ratio = creations_ratio
+        self._near_cap = False
         self._above = False
         self._token_invalid = False
         self._banned = False
@@ -56,12 +61,26 @@ class StatusWatch:
     def _census(self, census: dict[str, Any] | None) -> None:
         if census is None:
             return
+        self._creations(census.get("live") or {})
         above = bool(census.get("above_watermark"))
         if above and not self._above:
             self._events.emit(
                 "guild_watermark", channels=census.get("channels"), limit=census.get("limit")
             )
         self._above = above
+
+    def _creations(self, live: dict[str, Any]) -> None:
+        """The gateway session's count of creations in 24 h against the daily cap."""
+        creates, cap = live.get("creates_24h"), live.get("create_limit_daily") or 0
+        near = cap > 0 and creates is not None and creates >= self.creations_ratio * cap
+        if near and not self._near_cap:
+            self._events.emit(
+                "daily_creations_near_cap",
+                creates=creates,
+                cap=cap,
+                seconds_to_cap=live.get("seconds_to_create_cap"),
+            )
+        self._near_cap = near
 
     def _reconcile(self, reconcile: dict[str, Any] | None) -> None:
         last = (reconcile or {}).get("last_run")
