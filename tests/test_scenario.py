@@ -29,12 +29,18 @@ from monitor.demo import (
 )
 from monitor.demo.events import BreakerChanged, Event, OutageStarted, Recovered
 from monitor.demo.narration import event_text
+from monitor.demo.settings import cdp_faults
 from monitor.errors import ScenarioError
 from monitor.sim.discord import DiscordSimulator
 from monitor.vocab import CHANNEL_PREFIX
 from tests.helpers.sim import put_faults
 
-SHORT = ScenarioSettings(rate=2, healthy=1.5, outage=3.5, after=2, client_timeout=15, tail=15)
+# Creates hang past discordgo's client timeout: each request in the outage fails at once
+# and Discord still creates its channel afterwards (the queue-driven kind, `slow`, is
+# the demo's; it needs a longer outage to leak).
+SHORT = ScenarioSettings(
+    rate=2, healthy=1.5, outage=3.5, after=2, client_timeout=15, tail=15, outage_kind="hung"
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +67,11 @@ def test_without_cdp_monitor_the_outage_leaks_channels(
     assert without.breaker_opened_at is None and without.reconcile_deleted == 0
 
 
-def _first_open(event: Event) -> bool:
-    return isinstance(event, BreakerChanged) and event.first_open
+def _open_through(events: list[Event], opened: int, start: int) -> bool:
+    """The breaker, opened at `opened`, was not closed again before index `start`."""
+    return not any(
+        isinstance(e, BreakerChanged) and e.new == "closed" for e in events[opened:start]
+    )
 
 
 def test_with_cdp_monitor_the_peak_is_what_was_already_in_flight(
@@ -73,9 +82,18 @@ def test_with_cdp_monitor_the_peak_is_what_was_already_in_flight(
     assert with_.breaker_opened_at is not None
     # It opened during the outage: between the two events, in the order they were
     # recorded (how many seconds into the outage is the benchmark's to measure).
+    # (On a heavily loaded machine a slow probe may also open it during the healthy
+    # phase; what matters here is that the outage itself opens it.)
     kinds = [type(e) for e in with_.events]
-    opened = next(i for i, e in enumerate(with_.events) if _first_open(e))
-    assert kinds.index(OutageStarted) < opened < kinds.index(Recovered)
+    start, end = kinds.index(OutageStarted), kinds.index(Recovered)
+    opens = [
+        i
+        for i, e in enumerate(with_.events)
+        if isinstance(e, BreakerChanged) and e.new == "open" and e.old != "open"
+    ]
+    assert any(start < i < end for i in opens) or (
+        opens and opens[0] < start and _open_through(with_.events, opens[0], start)
+    )
     assert with_.inflight_at_open is not None
     assert with_.inflight_at_open <= s.max_concurrent_creates + with_.exposed_requests
     # Leaks come only from requests let in before the breaker opened (and trial slots),
@@ -144,11 +162,14 @@ async def test_prefilled_guild_gets_back_under_the_watermark_without_30013(
 
 async def test_demo_narrates_both_runs_and_summarises() -> None:
     out = io.StringIO()
-    tiny = ScenarioSettings(rate=2, healthy=1, outage=3, after=1, client_timeout=10, tail=10)
+    # Hung creates: every probe and the gate see them, so the breaker opens even in 3 s.
+    tiny = ScenarioSettings(
+        rate=2, healthy=1, outage=3, after=1, client_timeout=10, tail=10, outage_kind="hung"
+    )
     assert await run_demo(out=out, settings=tiny) == 0
     text = out.getvalue()
     assert "Run 1 of 2: without cdp-monitor" in text and "Run 2 of 2: with cdp-monitor" in text
-    assert "Discord becomes unstable" in text and "Discord recovers" in text
+    assert "The outage starts" in text and "Discord recovers" in text
     assert "breaker OPEN" in text
     assert "Side by side" in text and "channels left leaked at the end" in text
 
@@ -181,7 +202,19 @@ def test_settings_are_checked(bad: dict[str, object]) -> None:
 async def test_every_outage_kind_is_a_fault_the_simulator_takes(
     kind: str, discord_sim: DiscordSimulator, http: aiohttp.ClientSession
 ) -> None:
-    body = outage_faults(ScenarioSettings(outage_kind=kind))
-    faults = await put_faults(http, discord_sim, **body)
+    settings = ScenarioSettings(outage_kind=kind)
+    faults = await put_faults(http, discord_sim, **outage_faults(settings))
+    if kind == "tokens":  # CDP's own trouble: Discord stays fine
+        assert cdp_faults(settings) == {"user_tokens": []}
+        assert faults["rest"]["latency_ms"] == 0
+        return
+    assert cdp_faults(settings) is None
     assert "POST /guilds/{guild_id}/channels" in faults["rest"]["routes"]
-    assert faults["rest"]["latency_ms"] > ScenarioSettings().attempt_timeout * 1000
+    latency = faults["rest"]["latency_ms"] / 1000
+    if kind == "slow":  # under discordgo's client timeout: a queue, not an error
+        assert latency < settings.http_timeout < settings.attempt_timeout
+        assert latency * 4 > settings.attempt_timeout  # the 4th queued create passes it
+    if kind == "hung":  # past it: a 20 s error, the channel comes later
+        assert latency > settings.http_timeout
+    if kind == "ratelimit":
+        assert faults["rest"]["shared_429_rate"] > 0
