@@ -52,6 +52,7 @@ from monitor.wiring import (
     keep_fixed,
     new_gate,
     new_health,
+    new_notices,
     new_reconciler,
     new_rest,
     probe_context,
@@ -92,6 +93,7 @@ class Daemon:
             logger=logger,
             environ=self.environ,
         )
+        self.notices = new_notices(config, self.effects, self.metrics, clock, logger, self.environ)
         self.watch = GuildWatch(
             config,
             health=self.health,
@@ -192,7 +194,7 @@ class Daemon:
             ),
             "gateway_session": self.watch.status(self.clock.time()),
             "gate": None if self.gate is None else self.gate.status(),
-            "discord": {"token_invalid": self._rest.token_invalid if self._rest else False},
+            **self.notices.status(self._rest),
             "loops": self.supervisor.status(),
             "ready": self._ready.is_set(),
         }
@@ -245,7 +247,7 @@ class Daemon:
         self._probe_ctx = probe_context(
             self.config, session=self._session, rest=self._rest, clock=self.clock, logger=self.log
         )
-        app = control_app(self.config, self, registry=self.registry)
+        app = control_app(self.config, self, registry=self.registry, history=self.notices.history)
         self._runner, self.control_url = await serve(
             app, "control.listen", self.config.control.listen_address
         )
@@ -261,6 +263,7 @@ class Daemon:
         if not probes:
             self._ready.set()
         self.supervisor.start("evaluate", self.health.run)
+        self.notices.start(self.supervisor, self.status, self.clock)
         self.reconciler = self._new_reconciler(self.config)
         self.supervisor.start("reconcile", self._reconcile_loop)
         if self.config.signals.cdp_log.enabled:
@@ -291,6 +294,7 @@ class Daemon:
             self.log.warning("shutdown: a reconcile run was still deleting; see audit.jsonl")
         if self._actions is not None:
             await self._actions.drain(timeout=0.3)
+        await self.notices.close()
         self.ledger.flush()  # after the gate: failed requests' late channels are kept
         await self._close()
 
@@ -326,9 +330,10 @@ class Daemon:
     def _swap(self, new: Config) -> None:
         """Hand a validated config to every running component."""
         old = self.config
-        set_secrets(config_secrets(new))
+        set_secrets(config_secrets(new, self.environ))
         self.health.reconfigure(new)
         self.effects.actions = new.actions
+        self.notices.reconfigure(new, self.environ, self.log)
         if new.discord != old.discord and self._session is not None:
             self._rest = self._new_rest(new, self._session)
             if self.reconciler is not None:
@@ -381,16 +386,15 @@ async def run_daemon(
     env = dict(os.environ if environ is None else environ)
     config = load_config(config_path, environ=env)
     level, fmt = log[0] or config.log.level, log[1] or config.log.format
-    logger = setup_logging(level, fmt, config_secrets(config))
+    logger = setup_logging(level, fmt, config_secrets(config, env))
     daemon = Daemon(
         config, registry=CollectorRegistry(), logger=logger, config_path=config_path, environ=env
     )
     stop, reload = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     # Signal handlers only set events; the run loop does the work.
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload.set)
+    for sig, event in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, reload)):
+        loop.add_signal_handler(sig, event.set)
     logger.info("cdp-monitor starting (config %s, guild %s)", config_path, config.discord.guild_id)
     await daemon.run(stop, reload)
     logger.info("cdp-monitor stopped")
