@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reconcile", help="one-shot reconcile straight against Discord")
     _config_arg(p)
     p.add_argument("--dry-run", action="store_true", help="plan and report, delete nothing")
+    p.add_argument(
+        "--adopt-older-than",
+        metavar="DURATION",
+        help="also take channels with messages that no rule can judge (old leaks), older and "
+        "idle this long (e.g. 7d); a dry run unless --yes",
+    )
+    p.add_argument("--yes", action="store_true", help="with --adopt-older-than: delete them")
 
     for name, text in (
         ("status", "show the running daemon's status"),
@@ -292,10 +299,22 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:
-    return asyncio.run(_reconcile_once(_config_path(args), args.dry_run))
+    from monitor.units import parse_duration
+
+    adopt = None
+    if args.adopt_older_than is not None:
+        try:
+            adopt = parse_duration(args.adopt_older_than)
+        except ValueError as exc:
+            raise UsageError(f"--adopt-older-than: {exc}") from None
+    elif args.yes:
+        raise UsageError("--yes only confirms --adopt-older-than")
+    # Adopting deletes what no rule vouches for: only once the operator saw the list.
+    dry_run = args.dry_run or (adopt is not None and not args.yes)
+    return asyncio.run(_reconcile_once(_config_path(args), dry_run, adopt))
 
 
-async def _reconcile_once(path: Path, dry_run: bool) -> int:
+async def _reconcile_once(path: Path, dry_run: bool, adopt: float | None = None) -> int:
     import aiohttp
 
     from monitor import USER_AGENT
@@ -305,7 +324,9 @@ async def _reconcile_once(path: Path, dry_run: bool) -> int:
 
     config = load_config(path)
     async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
-        report = await reconcile_once(config, dry_run=dry_run, session=session)
+        report = await reconcile_once(
+            config, dry_run=dry_run, session=session, adopt_older_than=adopt
+        )
     print(format_report(report))
     return EXIT_OK if report.result in ("ok", "dry_run") else EXIT_FAILURE
 

@@ -27,7 +27,6 @@ from monitor.discord.rest import DiscordRestClient
 from monitor.errors import ConfigError
 from monitor.gate import Gate, new_upstream_session
 from monitor.health.breaker import HealthBreaker
-from monitor.health.cdplog import CdpLogEvent, CdpLogSignal
 from monitor.health.probes import (
     ProbeContext,
     ProbeResult,
@@ -46,8 +45,10 @@ from monitor.supervise import Supervisor
 from monitor.systemd import sd_notify, watchdog_interval
 from monitor.wiring import (
     cdplog_lines,
+    cdplog_signal,
     config_secrets,
     control_app,
+    gate_activity,
     new_gate,
     new_health,
     new_reconciler,
@@ -93,6 +94,8 @@ class Daemon:
             environ=self.environ,
         )
         self.reconciler: Reconciler | None = None
+        # CDP's log events; subscribe here (the gate's attribution by request id).
+        self.cdplog = cdplog_signal(self.metrics, self.health, self.ledger, clock, logger)
         self.supervisor = Supervisor(metrics=self.metrics, logger=logger, clock=clock)
         self.probe_results: dict[str, ProbeResult] = {}
         self.control_url: str | None = None
@@ -141,15 +144,9 @@ class Daemon:
     def evaluate_once(self) -> Verdict:
         return self.health.evaluate(self.clock.time())
 
-    def _on_cdplog_event(self, event: CdpLogEvent) -> None:
-        sample = event.sample(self.clock.time())
-        if sample is not None:
-            self.health.add_sample(sample)
-
     async def _cdplog_loop(self) -> None:
         lines = cdplog_lines(self.config.signals.cdp_log, clock=self.clock, logger=self.log)
-        signal_ = CdpLogSignal(metrics=self.metrics, sink=self._on_cdplog_event, logger=self.log)
-        await signal_.consume(lines)
+        await self.cdplog.consume(lines)
 
     async def _reconcile_loop(self) -> None:
         def breaker_state() -> tuple[str, float]:
@@ -215,6 +212,7 @@ class Daemon:
             metrics=self.metrics,
             clock=self.clock,
             logger=self.log,
+            activity=gate_activity(lambda: self.gate),
         )
 
     # -- lifecycle ------------------------------------------------------------------
@@ -342,7 +340,7 @@ class Daemon:
             if self.reconciler is not None:
                 self.reconciler = self._new_reconciler(new)  # the loop takes it on its next pass
         elif self.reconciler is not None:
-            self.reconciler.reconfigure(new.reconcile, channel_limit=new.discord.channel_limit)
+            self.reconciler.reconfigure(new.reconcile, new.discord.channel_limit, new.cdp)
         self.config = new
         if self._probe_ctx is not None:
             self._probe_ctx.config = new

@@ -6,7 +6,7 @@ the probe context, the reconciler, the gate and the control app are built from a
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -18,7 +18,15 @@ from monitor.control import ControlTarget, build_control_app
 from monitor.discord.rest import DiscordRestClient
 from monitor.errors import MonitorError
 from monitor.gate import Gate
-from monitor.health.cdplog import follow_command, follow_file
+from monitor.health.cdplog import (
+    CdpLogEvent,
+    CdpLogSignal,
+    CdpStarted,
+    CreateFailure,
+    follow_command,
+    follow_file,
+    follow_newest,
+)
 from monitor.health.effects import TransitionEffects
 from monitor.health.owner import Health
 from monitor.health.probes import ProbeContext, ProbeResult, enabled_probes, run_probe
@@ -27,6 +35,7 @@ from monitor.ledger import LedgerView, RequestLedger
 from monitor.logs import set_secrets
 from monitor.metrics import Metrics
 from monitor.reconcile import Reconciler, ReconcileReport
+from monitor.reconcile.rules import Activity
 from monitor.state import StateDir
 from monitor.units import HostPort, url_for
 
@@ -76,13 +85,62 @@ async def serve(app: web.Application, key: str, address: HostPort) -> tuple[web.
 def cdplog_lines(
     config: CdpLogConfig, *, clock: Clock, logger: logging.Logger
 ) -> AsyncIterator[str]:
-    """The CDP log's lines, from the file or the command `signals.cdp_log` names."""
+    """The CDP log's lines, from the file, the newest file of the glob or the command
+    `signals.cdp_log` names."""
     if config.file is not None:
         return follow_file(config.file, clock=clock)
+    if config.glob is not None:
+        return follow_newest(str(config.glob), clock=clock, logger=logger)
     assert config.command is not None
     return follow_command(
         list(config.command), clock=clock, backoff_base=config.restart_backoff, logger=logger
     )
+
+
+def cdplog_signal(
+    metrics: Metrics,
+    health: Health,
+    ledger: RequestLedger,
+    clock: Clock,
+    logger: logging.Logger,
+) -> CdpLogSignal:
+    """The CDP log signal with its standing subscribers: the health window (creation
+    failures that say something about Discord) and the request ledger (a CDP start makes
+    every open request dead; a logged creation failure fails its request)."""
+    signal = CdpLogSignal(metrics=metrics, logger=logger)
+
+    def to_health(event: CdpLogEvent) -> None:
+        sample = event.sample(clock.time())
+        if sample is not None:
+            health.add_sample(sample)
+
+    def to_ledger(event: CdpLogEvent) -> None:
+        now = clock.time()
+        if isinstance(event, CdpStarted):
+            dead = ledger.cdp_restarted(now)
+            logger.warning(
+                "CDP %s started: its delete timers are gone; %d open requests died with the "
+                "old process; their channels are reconciled once their time has passed",
+                event.version or "",
+                dead,
+            )
+        elif isinstance(event, CreateFailure) and event.request_id:
+            ledger.failed(event.request_id, now)
+
+    signal.subscribe(to_health)
+    signal.subscribe(to_ledger)
+    return signal
+
+
+def gate_activity(gate: Callable[[], Gate | None]) -> Callable[[], Activity]:
+    """What the gate has in flight, for the reconciler's rules (nothing known without
+    a gate)."""
+
+    def activity() -> Activity:
+        g = gate()
+        return Activity() if g is None else Activity(g.status()["inflight"].get("create", 0))
+
+    return activity
 
 
 def new_health(
@@ -124,6 +182,7 @@ def new_reconciler(
     metrics: Metrics,
     clock: Clock = SYSTEM_CLOCK,
     logger: logging.Logger = _LOG,
+    activity: Callable[[], Activity] | None = None,
 ) -> Reconciler:
     return Reconciler.from_config(
         config,
@@ -133,6 +192,7 @@ def new_reconciler(
         metrics=metrics,
         clock=clock,
         logger=logger,
+        activity=activity,
     )
 
 
@@ -189,9 +249,11 @@ async def reconcile_once(
     session: aiohttp.ClientSession,
     clock: Clock = SYSTEM_CLOCK,
     logger: logging.Logger = _RECONCILE_LOG,
+    adopt_older_than: float | None = None,
 ) -> ReconcileReport:
     """One run straight against Discord, without a daemon. Reads the daemon's request
-    ledger (read-only) if the state directory has one; writes the audit log there."""
+    ledger (read-only) if the state directory has one; writes the audit log there.
+    `adopt_older_than`: the operator's `--adopt-older-than` (old leaks with messages)."""
     set_secrets(config_secrets(config))  # redacted from the report it prints, too
     metrics = Metrics(CollectorRegistry())
     rest = new_rest(config, session=session, metrics=metrics, clock=clock, logger=logger)
@@ -206,4 +268,5 @@ async def reconcile_once(
         clock=clock,
         logger=logger,
     )
-    return await reconciler.run(dry_run=dry_run, trigger="cli")
+    trigger = "cli" if adopt_older_than is None else "cli_adopt"
+    return await reconciler.run(dry_run=dry_run, trigger=trigger, adopt_older_than=adopt_older_than)

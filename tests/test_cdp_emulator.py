@@ -216,7 +216,7 @@ async def test_full_guild_answers_30013(
     assert "Maximum number of server channels reached" in line and "30013" in line
     event = parse_line(line)
     assert isinstance(event, CreateFailure)
-    assert (event.request_id, event.reason) == (rid, "channel_limit")
+    assert (event.request_id, event.reason) == (rid, "limit_30013")
     # No retries against a full guild.
     assert discord_sim.state.requests[(CREATE_ROUTE, 400)] == 1
     assert (await cdp_state(http, emu))["channels_created"] == 0

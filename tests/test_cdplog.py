@@ -58,17 +58,22 @@ def test_retry_line_of_older_versions_has_no_number() -> None:
 def test_retry_line_with_ansi_colours_and_chinese_text() -> None:
     line = (
         "\x1b[33m[WARN]\x1b[0m 2024/05/01 - 12:34:56 | 42 | "
-        "频道创建 Create channel timed out, retrying...\x1b[1m2\x1b[0m 请稍候\r\n"
+        "Create channel timed out, retrying...\x1b[1m2\x1b[0m 请稍候\r\n"
     )
     event = parse_line(line)
     assert isinstance(event, CreateRetry)
     assert (event.request_id, event.attempt) == ("42", 2)
 
 
-def test_retry_line_without_request_id_context() -> None:
-    # Versions logging through another logger have no "| id |" part.
-    event = parse_line("2024-05-01T12:00:00Z WARN Create channel timed out, retrying...0")
-    assert event == CreateRetry(request_id=None, attempt=0)
+def test_retry_line_after_a_docker_timestamp_without_request_id() -> None:
+    # `docker logs -t` puts an RFC 3339 timestamp first; UNKNOWN is CDP's "no id".
+    line = (
+        "2024-05-01T12:00:00.123456789Z [WARN] 2024/05/01 - 12:00:00 | UNKNOWN | "
+        "Create channel timed out, retrying...0 "
+    )
+    assert parse_line(line) == CreateRetry(
+        request_id=None, attempt=0, logged_at=datetime(2024, 5, 1, 12)
+    )
 
 
 def test_failure_after_attempts_is_timeout() -> None:
@@ -99,9 +104,12 @@ def test_older_failure_wording_is_retries_exhausted() -> None:
         "[WARN] 2024/05/01 - 12:00:00 | 77 | Failed to create channel, error: "
         'HTTP 400 Bad Request, {"message": "Maximum number of server channels reached (500)",'
         ' "code": 30013}',
-        "[ERR] 2024/05/01 - 12:00:00 | 77 | 创建频道失败: "
-        "Maximum number of server channels reached (500)",
-        '[ERR] 2024/05/01 - 12:00:00 | 77 | 当前Discord服务器频道已满 {"code":30013}',
+        "[ERR] 2024/05/01 - 12:00:00 | 77 | 创建频道时异常 "
+        'HTTP 400 Bad Request, {"message": "Maximum number of server channels reached (500)",'
+        ' "code": 30013}',
+        '[ERR] 2024/05/01 - 12:00:00 | 77 | HTTP 400 Bad Request, {"message": '
+        '"Maximum number of server channels reached (500)", "code": 30013} ',
+        "[ERR] 2024/05/01 - 12:00:00 | 77 | 当前Discord服务器频道已满，且无CDP临时频道可删除 ",
         "\x1b[31m[ERR]\x1b[0m 2024/05/01 - 12:00:00 | 77 | "
         "Maximum number of guild channels reached (500)",
     ],
@@ -109,7 +117,7 @@ def test_older_failure_wording_is_retries_exhausted() -> None:
 def test_channel_limit_lines(line: str) -> None:
     event = parse_line(line)
     assert isinstance(event, CreateFailure)
-    assert event.reason == "channel_limit"
+    assert event.reason == "limit_30013"
     assert event.request_id == "77"
 
 
@@ -235,7 +243,7 @@ async def test_signal_counts_metrics_and_feeds_sink() -> None:
     )
     assert (
         sample_or_zero(
-            metrics.registry, "cdpmon_cdp_channel_create_failures_total", reason="channel_limit"
+            metrics.registry, "cdpmon_cdp_channel_create_failures_total", reason="limit_30013"
         )
         == 1
     )

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from monitor.config.errors import field_problems, problem
 from monitor.config.fields import (
@@ -38,11 +38,19 @@ from monitor.units import (
     HostPort,
     format_duration,
     is_loopback_host,
+    parse_duration,
     same_endpoint,
     split_host_port,
     url_host_port,
 )
 from monitor.vocab import DEFAULT_NAME_PATTERN
+
+
+def _upper(value: Any) -> Any:
+    if isinstance(value, str):
+        stripped = value.strip().upper()
+        return None if stripped == "" else stripped
+    return value
 
 
 class _Section(BaseModel):
@@ -121,15 +129,21 @@ class ProbesConfig(_Section):
 class CdpLogConfig(_Section):
     enabled: bool = False
     file: ResolvedPath | None = None
+    # The newest file matching it (CDP's --log-dir: `<dir>/log-*.log`), relative paths
+    # anchored to the config file's directory.
+    glob: ResolvedPath | None = None
     command: Argv | None = None
     restart_backoff: PositiveDuration = 5.0
 
     @model_validator(mode="after")
     def _one_source(self) -> CdpLogConfig:
-        if self.file is not None and self.command is not None:
-            raise field_problems(("command", "set either file or command, not both"))
-        if self.enabled and self.file is None and self.command is None:
-            raise field_problems(("file", "required when enabled (or set command)"))
+        given = [k for k in ("file", "glob", "command") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise field_problems(
+                (given[1], f"set only one of file, glob or command ({given[0]} is set)")
+            )
+        if self.enabled and not given:
+            raise field_problems(("file", "required when enabled (or set glob or command)"))
         return self
 
 
@@ -217,7 +231,6 @@ class ReconcileConfig(_Section):
     high_watermark: Fraction = 0.8
     stale_after: PositiveDuration | None = None
     settle_delay: Duration = 30.0
-    cdp_auto_delete: Duration = 5.0
     ledger_grace: Duration = 120.0
     census_interval: PositiveDuration = 60.0
     list_spacing: PositiveDuration = 30.0
@@ -232,6 +245,57 @@ class ReconcileConfig(_Section):
     @property
     def name_regex(self) -> re.Pattern[str]:
         return re.compile(self.name_pattern)
+
+
+def _auto_delete(value: Any) -> float | None:
+    """CDP's CHANNEL_AUTO_DEL_TIME: seconds (a number or a duration); `never`, null, 0 or
+    negative: CDP never deletes (chat.go:193-199)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "never"):
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+        return None  # CDP's own spelling of never, e.g. copied from CHANNEL_AUTO_DEL_TIME
+    if isinstance(value, str) and value.strip().startswith("-"):
+        return None if _NEGATIVE_NUMBER.fullmatch(value.strip()) else _bad_auto_delete()
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        return _bad_auto_delete()
+    return seconds if seconds > 0 else None
+
+
+_NEGATIVE_NUMBER = re.compile(r"-\d+(\.\d*)?")
+
+
+def _bad_auto_delete() -> float | None:
+    raise problem("must be a duration (e.g. 5s), never, or CDP's 0 / negative (never)")
+
+
+AutoDelete = Annotated[float | None, BeforeValidator(_auto_delete)]
+
+
+class CdpConfig(_Section):
+    """What cdp-monitor must know of CDP's own settings (its environment)."""
+
+    # CHANNEL_AUTO_DEL_TIME (unset: 5 s); null = never (CDP's 0 or negative).
+    auto_delete: AutoDelete = 5.0
+    # REQUEST_OUT_TIME / STREAM_REQUEST_OUT_TIME (default 5 m), the longest a request
+    # waits for Coze once its channel exists.
+    request_timeout: PositiveDuration = 300.0
+    # CreateChannelWithRetry's 60 s per attempt (3 attempts).
+    create_attempt_timeout: PositiveDuration = 60.0
+    # MAX_CHANNEL_DEL_TYPE: with ALL or OLDEST CDP deletes in-use cdp-chat- channels itself
+    # when the guild is full (30013).
+    max_channel_del_type: Annotated[Literal["ALL", "OLDEST"] | None, BeforeValidator(_upper)] = None
+
+    @property
+    def creation_window(self) -> float:
+        """The longest CDP takes to create a request's channel: 3 attempts."""
+        return 3 * self.create_attempt_timeout
+
+    @property
+    def request_lifetime(self) -> float:
+        """Creation window plus the reply timeout: a request is over after this."""
+        return self.creation_window + self.request_timeout
 
 
 class ControlConfig(_Section):
@@ -291,6 +355,7 @@ class Config(_Section):
     health: HealthConfig = HealthConfig()
     breaker: BreakerConfig = BreakerConfig()
     gate: GateConfig = GateConfig()
+    cdp: CdpConfig = CdpConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
     control: ControlConfig = ControlConfig()
     actions: ActionsConfig = ActionsConfig()

@@ -199,7 +199,7 @@ def test_compose_shares_the_token_and_guild_with_cdp(
     assert config.control.token.get_secret_value() == dotenv["CDP_MONITOR_CONTROL_TOKEN"]
     # CDP deletes finished channels after CHANNEL_AUTO_DEL_TIME; the reconciler allows that.
     auto_delete = float(cdp_env["CHANNEL_AUTO_DEL_TIME"])
-    assert config.reconcile.cdp_auto_delete == auto_delete
+    assert config.cdp.auto_delete == auto_delete
 
 
 def test_compose_keeps_state_in_a_named_volume_and_mounts_the_config(
