@@ -230,7 +230,8 @@ async def test_signal_counts_metrics_and_feeds_sink() -> None:
             "[INFO] 2024/05/01 - 12:01:00 | a | irrelevant",
             "[ERR] 2024/05/01 - 12:03:00 | a | "
             "failed after 3 attempts due to timeout, please reset BOT_TOKEN",
-            '[ERR] 2024/05/01 - 12:03:00 | b | {"code": 30013}',
+            '[ERR] 2024/05/01 - 12:03:00 | b | HTTP 400 Bad Request, {"message": "Maximum number'
+            ' of server channels reached (500)", "code": 30013} ',
             "[GIN] 2024/05/01 - 12:03:00 | a | 500 | 3m0s | 127.0.0.1 | POST /v1/chat/completions",
         )
     )

@@ -364,7 +364,7 @@ class CdpLogSignal:
             try:
                 callback(event)
             except Exception:
-                self._log.exception("CDP log subscriber failed on %r", event)
+                self._log.exception("CDP log signal failed: a subscriber raised on %r", event)
         return event
 
     def _count(self, event: CdpLogEvent) -> None:

@@ -70,8 +70,8 @@ class Reconciler:
         activity: Callable[[], Activity] | None = None,
     ) -> None:
         self._settings = settings
-        self._cdp = cdp or CdpConfig()
-        metrics.cdp_purges_when_full.set(self._cdp.max_channel_del_type is not None)
+        self.cdp = cdp or CdpConfig()
+        metrics.cdp_purges_when_full.set(self.cdp.max_channel_del_type is not None)
         # What the gate has in flight, asked at each plan and each re-check.
         self.activity: Callable[[], Activity] = activity or Activity
         self._adopt: float | None = None  # --adopt-older-than, for the run holding the lock
@@ -139,9 +139,8 @@ class Reconciler:
     ) -> None:
         """Take new settings (config reload); every key applies from the next decision."""
         self._settings = settings
-        if cdp is not None:
-            self._cdp = cdp
-            self._metrics.cdp_purges_when_full.set(cdp.max_channel_del_type is not None)
+        self.cdp = cdp or self.cdp
+        self._metrics.cdp_purges_when_full.set(self.cdp.max_channel_del_type is not None)
         if channel_limit is not None:
             self._guild_census.limit = channel_limit
 
@@ -153,7 +152,7 @@ class Reconciler:
 
     def _inputs(self) -> Inputs:
         activity = replace(self.activity(), adopt_older_than=self._adopt)
-        return Inputs(self._settings, self._cdp, activity)
+        return Inputs(self._settings, self.cdp, activity)
 
     @property
     def last_census(self) -> Census | None:
@@ -305,7 +304,7 @@ class Reconciler:
                 self._log.error("reconcile %s: cannot list the guild: %s", report.run_id, exc)
                 return
         self._last_run_at = p.now
-        fill_from_plan(report, p, purges=self._cdp.max_channel_del_type)
+        fill_from_plan(report, p, purges=self.cdp.max_channel_del_type)
         if not self._unjudged_reported and p.unjudged:  # old leaks: once, for the operator
             self._unjudged_reported = True
             self._log.warning("reconcile: %s", unjudged_message(p))
@@ -371,7 +370,7 @@ class Reconciler:
             settings=s,
             last_run_progress=self._last_run_progress,
             restart_due=restart_due(
-                () if self._ledger is None else self._ledger.restarts, self._cdp.request_lifetime
+                () if self._ledger is None else self._ledger.restarts, self.cdp.request_lifetime
             ),
             # Dry runs delete nothing, so "progress" never comes: don't repeat them fast.
             emergency_retry=s.interval if s.dry_run else s.list_spacing,
