@@ -25,7 +25,7 @@ from monitor.health.cdplog import (
     parse_go_duration,
     parse_line,
 )
-from monitor.health.follow import backoff_delay, follow_command, follow_file
+from monitor.health.follow import backoff_delay, follow_command, follow_file, follow_newest
 from monitor.health.window import Sample
 from monitor.metrics import Metrics
 from tests.helpers.metrics import sample, sample_or_zero
@@ -358,6 +358,43 @@ async def test_follow_file_waits_for_missing_file_then_reads_from_start(tmp_path
         log.write_text("written before the follower opened it\nsecond\n", encoding="utf-8")
         assert await pending == "written before the follower opened it"
         assert await _next(lines) == "second"
+
+
+async def test_follow_newest_switches_to_the_log_dir_file_of_a_new_start(tmp_path: Path) -> None:
+    # CDP's --log-dir: log-<start date>.log, opened once per start (common/init.go).
+    first = tmp_path / "log-20240501.log"
+    first.write_text("[SYS] 2024/05/01 - 09:00:00 | old, before we started \n", encoding="utf-8")
+    (tmp_path / "notes.txt").write_text("not a log\n", encoding="utf-8")
+    clock = CountingClock()
+    pattern = str(tmp_path / "log-*.log")
+    async with aclosing(follow_newest(pattern, clock=clock, poll_interval=0.01)) as lines:
+        pending = await _first_look(lines, clock)
+        _append(first, "day one\n")
+        assert await pending == "day one"
+        # CDP restarts on another day: its last line in the old file is not lost, and the
+        # new file is read from its start.
+        _append(first, "last words of the old process\n")
+        second = tmp_path / "log-20240502.log"
+        second.write_text("[SYS] 2024/05/02 - 00:10:00 | COZE-DISCORD-PROXY v4.6.5 started \n")
+        assert await _next(lines) == "last words of the old process"
+        assert (
+            await _next(lines) == "[SYS] 2024/05/02 - 00:10:00 | COZE-DISCORD-PROXY v4.6.5 started "
+        )
+        _append(second, "day two\n")
+        assert await _next(lines) == "day two"
+        # The old file is no longer followed (GIN lines after a 1M-line reopen stay there).
+        _append(first, "stale\n")
+        _append(second, "still day two\n")
+        assert await _next(lines) == "still day two"
+
+
+async def test_follow_newest_waits_for_the_first_file(tmp_path: Path) -> None:
+    clock = CountingClock()
+    pattern = str(tmp_path / "log-*.log")
+    async with aclosing(follow_newest(pattern, clock=clock, poll_interval=0.01)) as lines:
+        pending = await _first_look(lines, clock)
+        (tmp_path / "log-20240501.log").write_text("first start\n", encoding="utf-8")
+        assert await pending == "first start"
 
 
 # --- follow_command -------------------------------------------------------------------

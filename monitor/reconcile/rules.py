@@ -50,8 +50,12 @@ REASONS = (
     "adopted",
 )
 # CDP's daily task names channels cdp-chat-<sonyflake> (discord.go:663): a decimal id of at
-# most 20 digits. A request id is 23 to 31 characters with 8 random [0-9a-zA-Z] at its end.
-_STAY_ACTIVE_RE = re.compile(r"cdp-chat-\d{1,20}")
+# most 20 digits (a request id is 23 to 31 characters, 8 random [0-9a-zA-Z] at its end)
+# whose time (sonyflake: 10 ms units above 24 bits, from 2023-01-01 UTC,
+# common/snowflakeid.go) is the channel's own creation time, give or take the creation.
+_STAY_ACTIVE_RE = re.compile(r"cdp-chat-(?P<id>\d{1,20})")
+_SONYFLAKE_EPOCH = 1_672_531_200.0
+_SONYFLAKE_SLACK = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +95,14 @@ def ago(seconds: float) -> str:
     return format_duration(max(0.0, round(seconds, 3)))
 
 
-def is_stay_active(name: str) -> bool:
-    return _STAY_ACTIVE_RE.fullmatch(name) is not None
+def stay_active_since(name: str, created: float) -> float | None:
+    """When CDP's daily task made this channel's id, if the name is one of its channels
+    created (`created`, the channel's snowflake time) around then; else None."""
+    m = _STAY_ACTIVE_RE.fullmatch(name)
+    if m is None:
+        return None
+    made = _SONYFLAKE_EPOCH + (int(m["id"]) >> 24) / 100.0
+    return made if abs(created - made) <= _SONYFLAKE_SLACK else None
 
 
 def judge(
@@ -110,8 +120,9 @@ def judge(
     entry = ledger.lookup_channel_name(name)
     if entry is not None:
         return _by_ledger(entry, last, inputs, now, now - created)
-    if is_stay_active(name):
-        return _stay_active(last, inputs, now - created)
+    task = stay_active_since(name, created)
+    if task is not None:
+        return _stay_active(last, inputs, now - task)
     restarted = any(t > created for t in ledger.restarts)
     if last is None:
         return _empty(inputs, now - created, min_age, restarted)
@@ -145,8 +156,8 @@ def _by_ledger(
     return Verdict(None, why, "active", last, rid)
 
 
-def _stay_active(last: int | None, inputs: Inputs, age: float) -> Verdict:
-    left = inputs.cdp.request_lifetime - age
+def _stay_active(last: int | None, inputs: Inputs, task_age: float) -> Verdict:
+    left = inputs.cdp.request_lifetime - task_age
     if left < 0:
         return Verdict("stay_active", "", "leaked", last)
     why = f"CDP's daily stay-active channel; its task may run {ago(left)} more"
