@@ -45,8 +45,8 @@ def err(message: str, rid: str = RID) -> str:
             "http_timeout",
         ),
         (
-            f'Post "https://discord.com/api/v9/guilds/{GID}/channels": dial tcp 162.159.128.233:443:'
-            " connect: connection refused",
+            f'Post "https://discord.com/api/v9/guilds/{GID}/channels": dial tcp 162.159.128.233:443'
+            ": connect: connection refused",
             "network",
         ),
         (
