@@ -1,7 +1,6 @@
 """The daemon's lifecycle: start the components (built by monitor.wiring) in order,
 handle signals, reload atomically (parse fully, then swap), stop in order. Health lives
-in monitor.health.owner, loop supervision in monitor.supervise, systemd in monitor.systemd.
-"""
+in monitor.health.owner, loop supervision in monitor.supervise, systemd in monitor.systemd."""
 
 from __future__ import annotations
 
@@ -44,6 +43,7 @@ from monitor.state import StateDir
 from monitor.supervise import Supervisor
 from monitor.systemd import sd_notify, watchdog_interval
 from monitor.wiring import (
+    cdp_liveness_gap,
     cdplog_lines,
     cdplog_signal,
     config_secrets,
@@ -96,6 +96,7 @@ class Daemon:
         self.reconciler: Reconciler | None = None
         # CDP's log events; subscribe here (the gate's attribution by request id).
         self.cdplog = cdplog_signal(self.metrics, self.health, self.ledger, clock, logger)
+        self._cdp_gap = cdp_liveness_gap(self.ledger, logger)  # restart evidence, too
         self.supervisor = Supervisor(metrics=self.metrics, logger=logger, clock=clock)
         self.probe_results: dict[str, ProbeResult] = {}
         self.control_url: str | None = None
@@ -131,6 +132,7 @@ class Daemon:
         while True:
             result = await run_probe(name, ctx)
             self.probe_results[name] = result
+            self._cdp_gap(result)
             sample = record_probe(result, self.metrics)
             if sample is not None:
                 self.health.add_sample(sample)

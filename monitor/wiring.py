@@ -132,6 +132,32 @@ def cdplog_signal(
     return signal
 
 
+# CDP refusing connections this many probes in a row was down, not slow: a restart.
+LIVENESS_GAP_PROBES = 3
+
+
+def cdp_liveness_gap(
+    ledger: RequestLedger, logger: logging.Logger
+) -> Callable[[ProbeResult], None]:
+    """A CDP liveness gap as restart evidence (for a CDP whose log is not read): the CDP
+    probe's connection refused `LIVENESS_GAP_PROBES` times in a row, then an answer. The
+    requests opened before the first refusal died with the old process. Timeouts and
+    HTTP errors are a slow or failing CDP, not a gone one: never a gap."""
+    since: list[float] = []  # when each refusal of the current run of them happened
+
+    def observe(result: ProbeResult) -> None:
+        if result.probe != "cdp":
+            return
+        if not result.ok and "Connect call failed" in result.detail:
+            since.append(result.at)
+            return
+        if result.ok and len(since) >= LIVENESS_GAP_PROBES and ledger.cdp_restarted(since[0]):
+            logger.warning("CDP was down (%d probes refused): its open requests died", len(since))
+        since.clear()
+
+    return observe
+
+
 def gate_activity(gate: Callable[[], Gate | None]) -> Callable[[], Activity]:
     """What the gate has in flight, for the reconciler's rules (nothing known without
     a gate)."""

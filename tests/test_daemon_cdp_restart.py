@@ -4,9 +4,13 @@ their channels once their time has passed, and nothing else."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from monitor.health.probes import ProbeResult
+from monitor.ledger import RequestLedger
 from monitor.sim.discord import DiscordSimulator, Message
+from monitor.wiring import cdp_liveness_gap
 from tests.helpers.daemon import fast_config, running_daemon
 from tests.helpers.metrics import sample_or_zero
 from tests.helpers.wait import wait_for
@@ -76,3 +80,38 @@ async def test_restart_line_kills_open_requests_and_a_reconcile_follows(
         assert report is not None
         assert [d["reason"] for d in report.deleted] == ["cdp_restart"]
         assert kept.id in discord_sim.state.channels
+
+
+def refused(at: float) -> ProbeResult:
+    detail = (
+        "ClientConnectorError: Cannot connect to host 127.0.0.1:7078 ssl:default "
+        "[Connect call failed ('127.0.0.1', 7078)]"
+    )
+    return ProbeResult("cdp", False, 0.001, detail, {"status": None}, at)
+
+
+def test_a_liveness_gap_is_a_restart_only_when_cdp_was_gone() -> None:
+    ledger = RequestLedger(state_dir=None)
+    ledger.opened("before", 100.0)
+    observe = cdp_liveness_gap(ledger, logging.getLogger("test.gap"))
+    answered = ProbeResult("cdp", True, 0.01, "HTTP 200", {"status": 200}, 200.0)
+    # Slow or failing, not gone: timeouts and 5xx are never a restart.
+    for at in (110.0, 120.0, 130.0, 140.0):
+        observe(ProbeResult("cdp", False, 5.0, "timed out after 5.0s", {}, at))
+    observe(ProbeResult("cdp", False, 0.01, "HTTP 502", {"status": 502}, 150.0))
+    observe(answered)
+    # Two refusals: a blip, not yet evidence.
+    observe(refused(160.0))
+    observe(refused(170.0))
+    observe(answered)
+    assert ledger.restarts == () and ledger.get("before") is not None
+    # Three in a row, then an answer: the process was gone since the first refusal.
+    for at in (180.0, 190.0, 195.0):
+        observe(refused(at))
+    ledger.opened("during", 185.0)  # through a gate that could not reach it anyway
+    observe(ProbeResult("cdp", True, 0.01, "HTTP 200", {"status": 200}, 210.0))
+    assert ledger.restarts == (180.0,)
+    states = [e.state if (e := ledger.get(r)) else None for r in ("before", "during")]
+    assert states == ["dead", "open"]
+    observe(ProbeResult("rest", False, 0.01, "Connect call failed", {}, 220.0))  # not CDP's
+    assert ledger.restarts == (180.0,)
