@@ -29,7 +29,8 @@ async def test_restart_line_kills_open_requests_and_a_reconcile_follows(
         tmp_path / "state",
         signals={"cdp_log": {"enabled": True, "glob": str(logs / "log-*.log")}},
         # A request is over 3 x 100 ms + 500 ms after it started (compressed CDP timers).
-        cdp={"auto_delete": "never", "request_timeout": "500ms", "create_attempt_timeout": "100ms"},
+        # CDP deletes finished channels an hour later: the completed one is not due.
+        cdp={"auto_delete": "1h", "request_timeout": "500ms", "create_attempt_timeout": "100ms"},
         reconcile={
             "enabled": True,
             "interval": "1h",
@@ -46,7 +47,7 @@ async def test_restart_line_kills_open_requests_and_a_reconcile_follows(
     async with running_daemon(config) as daemon:
         daemon.ledger.opened("20240501120000dying001", daemon.clock.time())
         daemon.ledger.opened("20240501120000kept0001", daemon.clock.time())
-        daemon.ledger.completed("20240501120000kept0001", daemon.clock.time())  # the user's
+        daemon.ledger.completed("20240501120000kept0001", daemon.clock.time())
         await wait_for(
             lambda: daemon.reconciler is not None and daemon.reconciler.last_report is not None,
             what="the startup run",

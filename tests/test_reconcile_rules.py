@@ -63,6 +63,10 @@ def test_request_that_died_with_cdp_goes_once_its_time_has_passed() -> None:
     assert "still open" in why_of(p, after["id"])
     later = plan([live, after], ledger.snapshot(), cfg(), NOW + LIFETIME, guild_limit=500)
     assert ids(later.actions) == [live["id"]]
+    # CDP that never deletes would have kept the conversation: so do we (an empty one goes).
+    empty = chan(LIFETIME + 10, "cdp-chat-gone")
+    never = plan([gone, empty], ledger.snapshot(), cfg(), NOW, guild_limit=500, cdp=NEVER)
+    assert ids(never.actions) == [empty["id"]] and "never deletes" in why_of(never, gone["id"])
     # A request the gate saw finish after all is the operator's again (auto_delete never).
     ledger.completed("live", NOW)
     kept = plan([live], ledger.snapshot(), cfg(), NOW + LIFETIME, guild_limit=500, cdp=NEVER)
@@ -73,11 +77,13 @@ def test_channels_unknown_to_the_ledger_after_a_restart() -> None:
     # Non-stream requests in flight when CDP died got a 502 and no X-Request-Id: only the
     # restart says their channels' delete timers are gone.
     ledger = RequestLedger(state_dir=None)
-    before = chan(LIFETIME + MIN, "cdp-chat-20240101000000aaaaaaaa", last_msg_age=LIFETIME)
-    young = chan(2 * MIN, "cdp-chat-20240101000000bbbbbbbb", last_msg_age=MIN)
+    before = chan(LIFETIME + MIN, "cdp-chat-20240101000000123aaaaaaaa", last_msg_age=LIFETIME)
+    young = chan(2 * MIN, "cdp-chat-20240101000000123bbbbbbbb", last_msg_age=MIN)
     ledger.cdp_restarted(NOW - MIN)
-    newer = chan(30, "cdp-chat-20240101000000cccccccc", last_msg_age=10)
-    chans = [before, young, newer]
+    newer = chan(30, "cdp-chat-20240101000000123cccccccc", last_msg_age=10)
+    # A client's own channel (POST /api/channel/create): CDP never had a timer for it.
+    theirs = chan(LIFETIME + MIN, "cdp-chat-support", last_msg_age=LIFETIME)
+    chans = [before, young, newer, theirs]
     p = plan(chans, ledger.snapshot(), cfg(), NOW, guild_limit=500)
     assert ids(p.actions) == [before["id"]] and p.actions[0].reason == "cdp_restart"
     assert all(s.unjudged for s in p.skipped)  # kept, with messages: reported

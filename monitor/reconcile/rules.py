@@ -12,7 +12,7 @@ A channel its ledger entry knows:
   failed → `ledger_failed`;
   dead (CDP restarted, or its connection broke off, while it ran) → `cdp_restart` once
     `cdp.request_lifetime` (3 create attempts + the reply timeout) has passed since it
-    opened;
+    opened; with `cdp.auto_delete: never` only while empty (CDP would keep it);
   completed → `ledger_completed` once `cdp.auto_delete + ledger_grace` has passed; with
     `cdp.auto_delete: never` it is the operator's and kept, except an empty same-named
     twin (an abandoned create attempt) older than `min_age` (`empty_aged`).
@@ -24,8 +24,9 @@ Any other channel:
     than `emergency_min_age`, but only with evidence its request is over: a CDP restart
     since it was created, or no channel-creating request in flight at the gate. Without
     the gate (nothing known in flight) `min_age` applies.
-  with messages → `cdp_restart` when CDP restarted since it was created and
-    `cdp.request_lifetime` has passed (CDP's delete timer died with it); `stale`
+  with messages → `cdp_restart` when its name is a request's (`cdp-chat-<request id>`),
+    CDP restarted since it was created and `cdp.request_lifetime` has passed (CDP's
+    delete timer died with it); `stale`
     (opt-in `stale_after`); `adopted` with the operator's `--adopt-older-than`; neither
     applies with `cdp.auto_delete: never` except `adopted`. Otherwise kept, `unjudged`.
 """
@@ -56,6 +57,9 @@ REASONS = (
 _STAY_ACTIVE_RE = re.compile(r"cdp-chat-(?P<id>\d{1,20})")
 _SONYFLAKE_EPOCH = 1_672_531_200.0
 _SONYFLAKE_SLACK = 3600.0
+# A request's channel as CDP names it (lowercased): 14 digits of time, 1-9 of nanoseconds,
+# 8 random; a channel named otherwise (POST /api/channel/create) has no CDP timer to lose.
+_REQUEST_CHANNEL_RE = re.compile(r"cdp-chat-\d{15,23}[0-9a-z]{8}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,10 @@ def ago(seconds: float) -> str:
     return format_duration(max(0.0, round(seconds, 3)))
 
 
+def is_request_channel(name: str) -> bool:
+    return _REQUEST_CHANNEL_RE.fullmatch(name.lower()) is not None
+
+
 def stay_active_since(name: str, created: float) -> float | None:
     """When CDP's daily task made this channel's id, if the name is one of its channels
     created (`created`, the channel's snowflake time) around then; else None."""
@@ -126,7 +134,7 @@ def judge(
     restarted = any(t > created for t in ledger.restarts)
     if last is None:
         return _empty(inputs, now - created, min_age, restarted)
-    return _with_messages(last, inputs, now, now - created, restarted)
+    return _with_messages(name, last, inputs, now, now - created, restarted)
 
 
 def _by_ledger(
@@ -140,6 +148,9 @@ def _by_ledger(
         return Verdict("ledger_failed", "", "leaked", last, rid)
     if entry.state == "dead":
         left = entry.opened_at + cdp.request_lifetime - now
+        if cdp.auto_delete is None and last is not None:
+            why = f"request {rid} died with CDP; CDP never deletes (cdp.auto_delete: never)"
+            return Verdict(None, why, "active", last, rid)
         if left < 0:
             return Verdict("cdp_restart", "", "leaked", last, rid)
         why = f"request {rid} died with CDP; its time runs out in {ago(left)}"
@@ -180,11 +191,14 @@ def _empty(inputs: Inputs, age: float, min_age: float, restarted: bool) -> Verdi
     return Verdict(None, why, "empty")
 
 
-def _with_messages(last: int, inputs: Inputs, now: float, age: float, restarted: bool) -> Verdict:
+def _with_messages(
+    name: str, last: int, inputs: Inputs, now: float, age: float, restarted: bool
+) -> Verdict:
     s, cdp, adopt = inputs.settings, inputs.cdp, inputs.activity.adopt_older_than
     idle = now - snowflake_time(last)
     keeps = cdp.auto_delete is None  # CDP never deletes: a completed conversation is kept
-    if not keeps and restarted and age > cdp.request_lifetime:
+    named = is_request_channel(name)  # not a client's name from /api/channel/create
+    if not keeps and named and restarted and age > cdp.request_lifetime:
         return Verdict("cdp_restart", "", "leaked", last)
     # stale also needs min_age: a stale_after shorter than min_age must not delete young
     # channels (the backlog lands late, and CDP may still be posting into it).
