@@ -88,6 +88,16 @@ def test_failure_after_attempts_is_timeout() -> None:
     )
 
 
+def test_older_versions_retried_on_errors() -> None:
+    # CDP v4.3.6-v4.3.8: an error is one failed attempt (the request may still succeed).
+    line = (
+        "[WARN] 2024/05/01 - 12:00:00 | 77 | Failed to create channel, error: "
+        'HTTP 400 Bad Request, {"message": "Maximum number of server channels reached (500)",'
+        ' "code": 30013}'
+    )
+    assert parse_line(line) == CreateRetry("77", None, datetime(2024, 5, 1, 12))
+
+
 def test_older_failure_wording_is_retries_exhausted() -> None:
     line = (
         "[ERR] 2024/01/01 - 00:00:00 | r1 | "
@@ -101,9 +111,6 @@ def test_older_failure_wording_is_retries_exhausted() -> None:
 @pytest.mark.parametrize(
     "line",
     [
-        "[WARN] 2024/05/01 - 12:00:00 | 77 | Failed to create channel, error: "
-        'HTTP 400 Bad Request, {"message": "Maximum number of server channels reached (500)",'
-        ' "code": 30013}',
         "[ERR] 2024/05/01 - 12:00:00 | 77 | 创建频道时异常 "
         'HTTP 400 Bad Request, {"message": "Maximum number of server channels reached (500)",'
         ' "code": 30013}',

@@ -222,8 +222,6 @@ def failure_reason(message: str) -> str | None:
     or a net/http error on `POST /guilds/<id>/channels`."""
     if message.startswith(_CREATE_ERR_PREFIXES):
         message = message.split(" ", 1)[1]
-    if message.startswith(_LEGACY_RETRY):  # v4.3.6-v4.3.8 retried on errors: a retry
-        message = message[len(_LEGACY_RETRY) :]
     if re.match(r"failed after \d+ attempts due to timeout", message):
         return "timeout"
     if message.startswith("failed to create channel after"):  # CDP v4.3.6-v4.3.8
@@ -265,7 +263,7 @@ def _leveled(level: str, rest: str, logged_at: datetime | None) -> CdpLogEvent |
         return CdpTrouble("delete_failed", rid, message, logged_at=logged_at)
     if _USER_TOKEN_RE.match(message):
         return CdpTrouble("user_token", rid, message, logged_at=logged_at)
-    if message.startswith(_LEGACY_RETRY) and failure_reason(message) != "limit_30013":
+    if message.startswith(_LEGACY_RETRY):  # v4.3.6-v4.3.8 retried on every error
         return CreateRetry(request_id=rid, attempt=None, logged_at=logged_at)
     if level in ("ERR", "WARN") and (reason := failure_reason(message)) is not None:
         return CreateFailure(reason=reason, request_id=rid, logged_at=logged_at)
