@@ -57,3 +57,11 @@ CDP_ERROR_KINDS = (
 RECONCILE_RESULTS = ("ok", "partial", "error", "dry_run")
 # "cloudflare": a ban-shaped 429 (no JSON, no Via) from Cloudflare in front of Discord.
 RATELIMIT_SCOPES = ("user", "global", "shared", "cloudflare")
+# Why a gateway session connection ended (`cdpmon_gateway_reconnects_total{reason}`).
+SESSION_END_REASONS = (
+    "reconnect",
+    "invalid_session",
+    "heartbeat_timeout",
+    "closed",
+    "connect_failed",
+)

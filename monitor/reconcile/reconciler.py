@@ -21,14 +21,14 @@ from monitor.errors import DiscordError, MonitorError, StateError
 from monitor.ledger import LedgerView, RequestLedger
 from monitor.metrics import Metrics
 from monitor.reconcile.apply import Applier
-from monitor.reconcile.census import ChannelsAPI, GuildCensus
+from monitor.reconcile.census import ChannelsAPI, GuildCensus, LiveChannels
 from monitor.reconcile.plan import Census, Plan, plan
 from monitor.reconcile.report import (
     ReconcileReport,
     RunState,
     fill_from_plan,
     result_of,
-    run_summary,
+    run_status,
     unjudged_message,
 )
 from monitor.reconcile.rules import Activity, Inputs
@@ -68,12 +68,12 @@ class Reconciler:
         concurrency: int = DEFAULT_CONCURRENCY,
         cdp: CdpConfig | None = None,
         activity: Callable[[], Activity] | None = None,
+        live: LiveChannels | None = None,
     ) -> None:
         self._settings = settings
         self.cdp = cdp or CdpConfig()
         metrics.cdp_purges_when_full.set(self.cdp.max_channel_del_type is not None)
-        # What the gate has in flight, asked at each plan and each re-check.
-        self.activity: Callable[[], Activity] = activity or Activity
+        self.activity: Callable[[], Activity] = activity or Activity  # asked at each judgement
         self._adopt: float | None = None  # --adopt-older-than, for the run holding the lock
         self._unjudged_reported = False
         self._guild_id = guild_id
@@ -83,7 +83,12 @@ class Reconciler:
         self._clock = clock
         self._log = logger
         self._guild_census = GuildCensus(
-            guild_id=guild_id, channel_limit=channel_limit, rest=rest, metrics=metrics, clock=clock
+            guild_id=guild_id,
+            channel_limit=channel_limit,
+            rest=rest,
+            metrics=metrics,
+            clock=clock,
+            live=live,
         )
         self._applier = Applier(
             guild_id=guild_id,
@@ -115,6 +120,7 @@ class Reconciler:
         clock: Clock = SYSTEM_CLOCK,
         logger: logging.Logger = _LOG,
         activity: Callable[[], Activity] | None = None,
+        live: LiveChannels | None = None,
     ) -> Reconciler:
         """A reconciler for the config's guild, limit, `reconcile` and `cdp` sections."""
         return cls(
@@ -129,6 +135,7 @@ class Reconciler:
             logger=logger,
             cdp=config.cdp,
             activity=activity,
+            live=live,
         )
 
     def reconfigure(
@@ -177,17 +184,8 @@ class Reconciler:
 
     def status(self) -> dict[str, Any]:
         """JSON for /status: `channels` (the census) and `reconcile` (runs)."""
-        last = self._last_report
-        return {
-            "channels": self._guild_census.as_dict(self._clock.time()),
-            "reconcile": {
-                "enabled": self._settings.enabled,
-                "dry_run": self._settings.dry_run,
-                "running": self.running,
-                "last_success": self._last_success,
-                "last_run": None if last is None else run_summary(last),
-            },
-        }
+        runs = run_status(self._settings, self.running, self._last_success, self._last_report)
+        return {"channels": self._guild_census.as_dict(self._clock.time()), "reconcile": runs}
 
     # -- listing and census -----------------------------------------------------------
 

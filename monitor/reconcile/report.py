@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from monitor.config import ReconcileConfig
 from monitor.logs import redact
 from monitor.reconcile.plan import Action, Plan, ago
 
@@ -125,6 +126,22 @@ def result_of(report: ReconcileReport) -> str:
     if report.errors:
         return "partial" if report.deleted else "error"
     return "ok"
+
+
+def run_status(
+    settings: ReconcileConfig,
+    running: bool,
+    last_success: float | None,
+    last: ReconcileReport | None,
+) -> dict[str, Any]:
+    """The `reconcile` part of /status."""
+    return {
+        "enabled": settings.enabled,
+        "dry_run": settings.dry_run,
+        "running": running,
+        "last_success": last_success,
+        "last_run": None if last is None else run_summary(last),
+    }
 
 
 def run_summary(report: ReconcileReport) -> dict[str, Any]:
