@@ -60,7 +60,7 @@ def test_ledger_failed_still_needs_a_match_and_no_protection() -> None:
         name_pattern="^cdp-chat-",
         protected_channel_ids=frozenset({int(protected["id"])}),
     )
-    old_prefix = chan(0, "cdp-对话-x2")  # the ledger knows it, the custom pattern does not
+    old_prefix = chan(0, "cdp-对话x2")  # the ledger knows it, the custom pattern does not
     p = plan([protected, old_prefix], ledger.snapshot(), custom, NOW, guild_limit=500)
     assert p.actions == ()
     assert why_of(p, protected["id"]) == "protected id"
