@@ -194,6 +194,14 @@ async def test_emergency_never_takes_a_live_request_whose_prompt_post_is_slow(
 
         await wait_for(live_kept_by_an_emergency_run, what="emergency runs", bound=BOUND)
         assert await asyncio.gather(*requests) == [200] * 4  # no 10003, no 500
+        # What CDP saw from Discord: no 404 Unknown Channel (10003) on any message post.
+        unknown = sum(
+            n
+            for (route, code), n in discord_sim.state.requests.items()
+            if code == 404 and route.endswith("/messages")
+        )
+        assert unknown == 0
+        assert any(route.endswith("/messages") for route, _ in discord_sim.state.requests)
         live = [c for c in discord_sim.state.channels.values() if c.name.startswith("cdp-chat-20")]
         assert {str(c.id) for c in live} == kept_live and all(c.messages for c in live)
         assert deleted_total(daemon) == 0
