@@ -27,6 +27,7 @@ from monitor.discord.session_watch import GuildWatch
 from monitor.errors import ConfigError
 from monitor.gate import Gate, new_upstream_session
 from monitor.health.breaker import HealthBreaker
+from monitor.health.cdpwire import cdp_liveness_gap, cdplog_lines, cdplog_signal, gate_activity
 from monitor.health.probes import (
     ProbeContext,
     ProbeResult,
@@ -44,15 +45,12 @@ from monitor.state import StateDir
 from monitor.supervise import Supervisor
 from monitor.systemd import sd_notify, watchdog_interval
 from monitor.wiring import (
-    cdp_liveness_gap,
-    cdplog_lines,
-    cdplog_signal,
     config_secrets,
     control_app,
-    gate_activity,
     keep_fixed,
     new_gate,
     new_health,
+    new_notices,
     new_reconciler,
     new_rest,
     probe_context,
@@ -93,6 +91,7 @@ class Daemon:
             logger=logger,
             environ=self.environ,
         )
+        self.notices = new_notices(config, self.effects, self.metrics, clock, logger, self.environ)
         self.watch = GuildWatch(
             config,
             health=self.health,
@@ -191,7 +190,7 @@ class Daemon:
             ),
             "gateway_session": self.watch.status(self.clock.time()),
             "gate": None if self.gate is None else self.gate.status(),
-            "discord": {"token_invalid": self._rest.token_invalid if self._rest else False},
+            **self.notices.status(self._rest),
             "loops": self.supervisor.status(),
             "ready": self._ready.is_set(),
         }
@@ -243,7 +242,7 @@ class Daemon:
         self._probe_ctx = probe_context(
             self.config, session=self._session, rest=self._rest, clock=self.clock, logger=self.log
         )
-        app = control_app(self.config, self, registry=self.registry)
+        app = control_app(self.config, self, registry=self.registry, history=self.notices.history)
         self._runner, self.control_url = await serve(
             app, "control.listen", self.config.control.listen_address
         )
@@ -259,6 +258,7 @@ class Daemon:
         if not probes:
             self._ready.set()
         self.supervisor.start("evaluate", self.health.run)
+        self.notices.start(self.supervisor, self.status, self.clock)
         self.reconciler = self._new_reconciler(self.config)
         self.supervisor.start("reconcile", self._reconcile_loop)
         if self.config.signals.cdp_log.enabled:
@@ -294,6 +294,7 @@ class Daemon:
             self.log.warning("shutdown: a reconcile run was still deleting; see audit.jsonl")
         if self._actions is not None:
             await self._actions.drain(timeout=0.3)
+        await self.notices.close()
         self.ledger.flush()  # after the gate: failed requests' late channels are kept
         await self._close()
 
@@ -328,9 +329,10 @@ class Daemon:
     def _swap(self, new: Config) -> None:
         """Hand a validated config to every running component."""
         old = self.config
-        set_secrets(config_secrets(new))
+        set_secrets(config_secrets(new, self.environ))
         self.health.reconfigure(new)
         self.effects.actions = new.actions
+        self.notices.reconfigure(new, self.environ, self.log)
         if new.discord != old.discord and self._session is not None:
             self._rest = self._new_rest(new, self._session)
             if self.reconciler is not None:
@@ -380,7 +382,7 @@ async def run_daemon(config_path: Path, *, environ: Mapping[str, str] | None = N
     """`cdp-monitor run`: load config (ConfigError propagates), run until SIGTERM/SIGINT."""
     env = dict(os.environ if environ is None else environ)
     config = load_config(config_path, environ=env)
-    logger = setup_logging(config.log.level, config.log.format, config_secrets(config))
+    logger = setup_logging(config.log.level, config.log.format, config_secrets(config, env))
     daemon = Daemon(
         config, registry=CollectorRegistry(), logger=logger, config_path=config_path, environ=env
     )

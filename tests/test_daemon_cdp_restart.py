@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from monitor.health.cdpwire import cdp_liveness_gap
 from monitor.health.probes import ProbeResult
 from monitor.ledger import RequestLedger
 from monitor.sim.discord import DiscordSimulator, Message
-from monitor.wiring import cdp_liveness_gap
 from tests.helpers.daemon import fast_config, running_daemon
 from tests.helpers.metrics import sample_or_zero
 from tests.helpers.wait import wait_for

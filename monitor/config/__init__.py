@@ -15,12 +15,12 @@ the way the config does.
 
 from __future__ import annotations
 
+from monitor.config.cdp import CdpConfig
 from monitor.config.load import default_config_path, load_config, parse_config
 from monitor.config.schema import (
     ActionConfig,
     ActionsConfig,
     BreakerConfig,
-    CdpConfig,
     CdpLogConfig,
     CdpProbeConfig,
     Config,

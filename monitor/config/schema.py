@@ -11,8 +11,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
+from monitor.config.cdp import CdpConfig
 from monitor.config.errors import field_problems, problem
 from monitor.config.fields import (
     Argv,
@@ -34,23 +42,16 @@ from monitor.config.fields import (
     SnowflakeSet,
     WsUrl,
 )
+from monitor.events import EVENT_KINDS
 from monitor.units import (
     HostPort,
     format_duration,
     is_loopback_host,
-    parse_duration,
     same_endpoint,
     split_host_port,
     url_host_port,
 )
 from monitor.vocab import DEFAULT_NAME_PATTERN
-
-
-def _upper(value: Any) -> Any:
-    if isinstance(value, str):
-        stripped = value.strip().upper()
-        return None if stripped == "" else stripped
-    return value
 
 
 class _Section(BaseModel):
@@ -259,57 +260,6 @@ class ReconcileConfig(_Section):
         return re.compile(self.name_pattern)
 
 
-def _auto_delete(value: Any) -> float | None:
-    """CDP's CHANNEL_AUTO_DEL_TIME: seconds (a number or a duration); `never`, null, 0 or
-    negative: CDP never deletes (chat.go:193-199)."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == "never"):
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
-        return None  # CDP's own spelling of never, e.g. copied from CHANNEL_AUTO_DEL_TIME
-    if isinstance(value, str) and value.strip().startswith("-"):
-        return None if _NEGATIVE_NUMBER.fullmatch(value.strip()) else _bad_auto_delete()
-    try:
-        seconds = parse_duration(value)
-    except ValueError:
-        return _bad_auto_delete()
-    return seconds if seconds > 0 else None
-
-
-_NEGATIVE_NUMBER = re.compile(r"-\d+(\.\d*)?")
-
-
-def _bad_auto_delete() -> float | None:
-    raise problem("must be a duration (e.g. 5s), never, or CDP's 0 / negative (never)")
-
-
-AutoDelete = Annotated[float | None, BeforeValidator(_auto_delete)]
-
-
-class CdpConfig(_Section):
-    """What cdp-monitor must know of CDP's own settings (its environment)."""
-
-    # CHANNEL_AUTO_DEL_TIME (unset: 5 s); null = never (CDP's 0 or negative).
-    auto_delete: AutoDelete = 5.0
-    # REQUEST_OUT_TIME / STREAM_REQUEST_OUT_TIME (default 5 m), the longest a request
-    # waits for Coze once its channel exists.
-    request_timeout: PositiveDuration = 300.0
-    # CreateChannelWithRetry's 60 s per attempt (3 attempts).
-    create_attempt_timeout: PositiveDuration = 60.0
-    # MAX_CHANNEL_DEL_TYPE: with ALL or OLDEST CDP deletes in-use cdp-chat- channels itself
-    # when the guild is full (30013).
-    max_channel_del_type: Annotated[Literal["ALL", "OLDEST"] | None, BeforeValidator(_upper)] = None
-
-    @property
-    def creation_window(self) -> float:
-        """The longest CDP takes to create a request's channel: 3 attempts."""
-        return 3 * self.create_attempt_timeout
-
-    @property
-    def request_lifetime(self) -> float:
-        """Creation window plus the reply timeout: a request is over after this."""
-        return self.creation_window + self.request_timeout
-
-
 class ControlConfig(_Section):
     listen: Listen = "127.0.0.1:9105"
     token: OptionalToken = None
@@ -347,10 +297,37 @@ class ActionConfig(_Section):
         return self
 
 
+class NotifyConfig(_Section):
+    """Messages to notification services through Apprise URLs (the `notify` extra)."""
+
+    # Apprise URLs hold the service's secret (a bot token, a webhook key): SecretStr.
+    urls: tuple[SecretStr, ...] = ()
+    # CDP's own NOTIFY_TELEGRAM_BOT_TOKEN / NOTIFY_TELEGRAM_USER_ID, if set, add a target.
+    cdp_env: bool = True
+    # auto: zh when CDP's Telegram variables are the only target, else en.
+    language: Literal["auto", "zh", "en"] = "auto"
+    period: PositiveDuration = 600.0  # at most one message per event kind per period
+    timeout: PositiveDuration = 10.0
+    events: tuple[str, ...] = EVENT_KINDS
+    reconcile_threshold: Annotated[Int, Field(ge=1)] = 10  # deletions in one run
+    # daily_creations_near_cap: creations in 24 h at this share of discord.daily_create_limit.
+    creations_ratio: Fraction = 0.8
+    instance: str = ""  # prefixed to every title, to tell several daemons apart
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(EVENT_KINDS))
+        if unknown:
+            raise problem(f"unknown event(s) {', '.join(unknown)}; known: {', '.join(EVENT_KINDS)}")
+        return value
+
+
 class ActionsConfig(_Section):
     on_open: tuple[ActionConfig, ...] = ()
     on_close: tuple[ActionConfig, ...] = ()
     timeout: PositiveDuration = 10.0
+    notify: NotifyConfig = NotifyConfig()
 
 
 class LogConfig(_Section):
