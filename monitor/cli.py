@@ -162,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     _control_args(p)
     p.add_argument("--dry-run", action="store_true", help="plan and report, delete nothing")
     p.add_argument("--direct", action="store_true", help="talk to Discord from here")
+    p.add_argument(
+        "--adopt-older-than",
+        metavar="DURATION",
+        help="also take channels with messages that no rule can judge (old leaks), older and "
+        "idle this long (e.g. 7d); a dry run unless --yes; runs directly, like --direct",
+    )
+    p.add_argument("--yes", action="store_true", help="with --adopt-older-than: delete them")
     p.add_argument("--json", action="store_true", help="print the daemon's JSON report")
 
     for name in ("status", "pause", "resume"):

@@ -123,7 +123,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     """Through the running daemon (one rate limiter, one audit log, the ledger); `--direct`,
-    or no daemon answering, runs against Discord from here."""
+    or no daemon answering, runs against Discord from here. `--adopt-older-than` always
+    runs here, as a dry run unless `--yes` (the operator sees the list first)."""
+    adopt = None
+    if args.adopt_older_than is not None:
+        try:
+            adopt = parse_duration(args.adopt_older_than)
+        except ValueError as exc:
+            raise UsageError(f"--adopt-older-than: {exc}") from None
+        dry_run = args.dry_run or not args.yes
+        return asyncio.run(_reconcile_direct(config_path(args), dry_run, adopt))
+    if args.yes:
+        raise UsageError("--yes only confirms --adopt-older-than")
     if not args.direct:
         try:
             report = asyncio.run(
@@ -150,7 +161,7 @@ def _report_summary(report: dict[str, Any]) -> str:
 _REPORT_LISTS = ("planned", "deleted", "gone", "skipped", "errors")
 
 
-async def _reconcile_direct(path: Path, dry_run: bool) -> int:
+async def _reconcile_direct(path: Path, dry_run: bool, adopt: float | None = None) -> int:
     import aiohttp
 
     from monitor import USER_AGENT
@@ -159,6 +170,8 @@ async def _reconcile_direct(path: Path, dry_run: bool) -> int:
 
     config = load_config(path)
     async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
-        report = await reconcile_once(config, dry_run=dry_run, session=session)
+        report = await reconcile_once(
+            config, dry_run=dry_run, session=session, adopt_older_than=adopt
+        )
     print(format_report(report))
     return EXIT_OK if report.result in ("ok", "dry_run") else EXIT_FAILURE

@@ -1,7 +1,6 @@
 """The daemon's lifecycle: start the components (built by monitor.wiring) in order,
 handle signals, reload atomically (parse fully, then swap), stop in order. Health lives
-in monitor.health.owner, loop supervision in monitor.supervise, systemd in monitor.systemd.
-"""
+in monitor.health.owner, loop supervision in monitor.supervise, systemd in monitor.systemd."""
 
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ from monitor.discord.session_watch import GuildWatch
 from monitor.errors import ConfigError
 from monitor.gate import Gate, new_upstream_session
 from monitor.health.breaker import HealthBreaker
-from monitor.health.cdplog import CdpLogEvent, CdpLogSignal
+from monitor.health.cdpwire import cdp_liveness_gap, cdplog_lines, cdplog_signal, gate_activity
 from monitor.health.probes import (
     ProbeContext,
     ProbeResult,
@@ -46,7 +45,6 @@ from monitor.state import StateDir
 from monitor.supervise import Supervisor
 from monitor.systemd import sd_notify, watchdog_interval
 from monitor.wiring import (
-    cdplog_lines,
     config_secrets,
     control_app,
     keep_fixed,
@@ -103,6 +101,9 @@ class Daemon:
             logger=logger,
         )
         self.reconciler: Reconciler | None = None
+        # CDP's log events; subscribe here (the gate's attribution by request id).
+        self.cdplog = cdplog_signal(self.metrics, self.health, self.ledger, clock, logger)
+        self._cdp_gap = cdp_liveness_gap(self.ledger, logger)  # restart evidence, too
         self.supervisor = Supervisor(metrics=self.metrics, logger=logger, clock=clock)
         self.probe_results: dict[str, ProbeResult] = {}
         self.control_url: str | None = None
@@ -138,6 +139,7 @@ class Daemon:
         while True:
             result = await run_probe(name, ctx)
             self.probe_results[name] = result
+            self._cdp_gap(result)
             sample = record_probe(result, self.metrics)
             if sample is not None:
                 self.health.add_sample(sample)
@@ -151,15 +153,9 @@ class Daemon:
     def evaluate_once(self) -> Verdict:
         return self.health.evaluate(self.clock.time())
 
-    def _on_cdplog_event(self, event: CdpLogEvent) -> None:
-        sample = event.sample(self.clock.time())
-        if sample is not None:
-            self.health.add_sample(sample)
-
     async def _cdplog_loop(self) -> None:
         lines = cdplog_lines(self.config.signals.cdp_log, clock=self.clock, logger=self.log)
-        signal_ = CdpLogSignal(metrics=self.metrics, sink=self._on_cdplog_event, logger=self.log)
-        await signal_.consume(lines)
+        await self.cdplog.consume(lines)
 
     async def _reconcile_loop(self) -> None:
         def breaker_state() -> tuple[str, float]:
@@ -226,6 +222,7 @@ class Daemon:
         return new_reconciler(
             config, rest=self.rest, ledger=self.ledger, state_dir=self.state_dir,
             metrics=self.metrics, clock=self.clock, logger=self.log, live=self.watch.live,
+            activity=gate_activity(lambda: self.gate),
         )  # fmt: skip
 
     # -- lifecycle ------------------------------------------------------------------
@@ -339,7 +336,7 @@ class Daemon:
             if self.reconciler is not None:
                 self.reconciler = self._new_reconciler(new)  # the loop takes it on its next pass
         elif self.reconciler is not None:
-            self.reconciler.reconfigure(new.reconcile, channel_limit=new.discord.channel_limit)
+            self.reconciler.reconfigure(new.reconcile, new.discord.channel_limit, new.cdp)
         self.watch.reconfigure(new, rest=self.rest)
         self.config = new
         if self._probe_ctx is not None:

@@ -1,10 +1,15 @@
 """The gate's request ledger: which temporary channels belong to which request, in which state.
 
-CDP names a request's channel `cdp-chat-<requestId>` (`cdp-对话-<requestId>` before v4.4.3)
-and returns the id in `X-Request-Id`; Discord stores the name lowercased. The gate records
-each channel-creating request as `open` when CDP starts answering, then `completed` or
-`failed`. The reconciler reads the ledger to never touch a channel whose request is still
-running, and to delete the late channels of requests that are over.
+CDP names a request's channel `cdp-chat-<requestId>` (`cdp-对话<requestId>` in v4.0.8-v4.4.2,
+`对话<requestId>` before) and returns the id in `X-Request-Id`; Discord stores the name
+lowercased. The gate records each channel-creating request as `open` when CDP starts
+answering, then `completed` or `failed`; CDP's log reports failures too. A request still
+open when CDP restarts (a start line in its log, `cdp_restarted`) or whose connection to
+CDP broke off (`died`) is `dead`: CDP's process, and with it the request and its delete
+timer, is gone. The restarts themselves are kept too (`restarts`), so the reconciler can
+judge channels the ledger never saw. The reconciler reads the ledger to never touch a
+channel whose request is still running, and to delete the late channels of requests
+that are over.
 
 The ledger is bounded (the oldest request is evicted first), expiring (`prune`), and
 persisted to `ledger.json` in the state directory: rewritten atomically at most once per
@@ -34,9 +39,10 @@ from monitor.vocab import CHANNEL_PREFIXES
 LEDGER_FILE = "ledger.json"
 LEDGER_VERSION = 1
 # Discord lowercases channel names, so prefixes and request ids are compared lowercased.
-LedgerState = Literal["open", "completed", "failed"]
-LEDGER_STATES: tuple[LedgerState, ...] = ("open", "completed", "failed")
+LedgerState = Literal["open", "completed", "failed", "dead"]
+LEDGER_STATES: tuple[LedgerState, ...] = ("open", "completed", "failed", "dead")
 PRUNE_EVERY = 60.0  # seconds between automatic prunes on writes
+MAX_RESTARTS = 50  # CDP restarts remembered (newest kept)
 
 _LOG = logging.getLogger("monitor.ledger")
 
@@ -98,12 +104,18 @@ class LedgerView(Protocol):
 
     def lookup_channel_name(self, name: str) -> LedgerEntry | None: ...
 
+    @property
+    def restarts(self) -> tuple[float, ...]:
+        """When CDP (re)started, oldest first (wall clock)."""
+        ...
+
 
 @dataclass(frozen=True)
 class LedgerSnapshot:
     """An immutable copy of the ledger (entries are immutable too), for the pure planner."""
 
     entries: Mapping[str, LedgerEntry]
+    restarts: tuple[float, ...] = ()
 
     def lookup_channel_name(self, name: str) -> LedgerEntry | None:
         rid = request_id_from_channel_name(name)
@@ -141,6 +153,7 @@ class RequestLedger:
         self._urgent_interval = urgent_flush_interval
         # Insertion order is opening order: eviction pops from the front.
         self._entries: OrderedDict[str, LedgerEntry] = OrderedDict()
+        self._restarts: list[float] = []
         self._dirty = False
         self._last_write = -math.inf  # monotonic
         self._last_prune = -math.inf  # wall clock
@@ -179,6 +192,30 @@ class RequestLedger:
             self._entries[rid] = LedgerEntry(rid, state, old.opened_at, now)
         self._changed(now, urgent=state == "failed")
 
+    def died(self, request_id: str, now: float) -> None:
+        """The request's connection to CDP broke off mid-answer (CDP crashed or restarted):
+        it is over, but its channel may still be deleted only once its time has passed."""
+        rid = normalize_request_id(request_id)
+        old = self._entries.get(rid)
+        if rid and (old is None or old.state == "open"):
+            self._finish(rid, "dead", now)
+
+    def cdp_restarted(self, at: float) -> int:
+        """CDP (re)started at `at`: every request opened before it is dead. Returns how
+        many entries that changed."""
+        if self._restarts and self._restarts[-1] >= at:
+            return 0  # the same start seen twice (or out of order): nothing new
+        self._restarts = [*self._restarts, at][-MAX_RESTARTS:]
+        dead = [e for e in self._entries.values() if e.state == "open" and e.opened_at <= at]
+        for e in dead:
+            self._entries[e.request_id] = LedgerEntry(e.request_id, "dead", e.opened_at, at)
+        self._changed(at, urgent=True)
+        return len(dead)
+
+    @property
+    def restarts(self) -> tuple[float, ...]:
+        return tuple(self._restarts)
+
     def _put(self, entry: LedgerEntry) -> None:
         self._entries[entry.request_id] = entry
         while len(self._entries) > self._max_entries:
@@ -194,7 +231,7 @@ class RequestLedger:
         return None if rid is None else self._entries.get(rid)
 
     def snapshot(self) -> LedgerSnapshot:
-        return LedgerSnapshot(MappingProxyType(dict(self._entries)))
+        return LedgerSnapshot(MappingProxyType(dict(self._entries)), self.restarts)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -261,6 +298,7 @@ class RequestLedger:
         data = {
             "version": LEDGER_VERSION,
             "entries": [e.to_json() for e in self._entries.values()],
+            "restarts": self._restarts,
         }
         self._last_write = self._clock.monotonic()
         try:
@@ -277,6 +315,7 @@ class RequestLedger:
         entries = load_entries(state_dir, now=now, logger=self._log)
         for entry in entries:
             self._put(entry)
+        self._restarts = load_restarts(state_dir, now=now)
         self.prune(now)
         self._dirty = False
         if self._entries:
@@ -291,7 +330,7 @@ class RequestLedger:
         cutoff = now - retention
         loaded = load_entries(state_dir, now=now)
         entries = {e.request_id: e for e in loaded if e.last_change >= cutoff}
-        return LedgerSnapshot(MappingProxyType(entries))
+        return LedgerSnapshot(MappingProxyType(entries), tuple(load_restarts(state_dir, now=now)))
 
 
 def load_entries(
@@ -319,6 +358,19 @@ def load_entries(
     if bad:
         logger.warning("%s: skipped %d malformed entries (%s)", LEDGER_FILE, bad, why)
     return out
+
+
+def load_restarts(state_dir: StateDir, *, now: float) -> list[float]:
+    """The CDP restart times of `ledger.json` (sorted, valid ones only; none in the future)."""
+    data = state_dir.read_json(LEDGER_FILE)
+    raw = data.get("restarts") if isinstance(data, dict) else None
+    out: list[float] = []
+    for item in raw if isinstance(raw, list) else []:
+        try:
+            out.append(past_time(item, "restarts", now))
+        except ValueError:
+            continue
+    return sorted(out)[-MAX_RESTARTS:]
 
 
 __all__ = [

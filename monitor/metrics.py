@@ -16,6 +16,7 @@ from prometheus_client import (
 from monitor import __version__
 from monitor.vocab import (
     BREAKER_STATES,
+    CDP_ERROR_KINDS,
     CDP_FAILURE_REASONS,
     RATELIMIT_SCOPES,
     RECONCILE_RESULTS,
@@ -263,6 +264,19 @@ class Metrics:
         )
         for reason in CDP_FAILURE_REASONS:
             self.cdp_create_failures.labels(reason=reason)
+        self.cdp_restarts = Counter(
+            "cdpmon_cdp_restarts", "CDP process starts seen in its log", registry=r
+        )
+        self.cdp_errors = Counter(
+            "cdpmon_cdp_errors", "CDP-side trouble (not Discord's) by kind", ["kind"], registry=r
+        )
+        for kind in CDP_ERROR_KINDS:
+            self.cdp_errors.labels(kind=kind)
+        self.cdp_purges_when_full = Gauge(
+            "cdpmon_cdp_purges_when_full",
+            "1 when CDP deletes in-use channels itself on a full guild (MAX_CHANNEL_DEL_TYPE)",
+            registry=r,
+        )
 
     def _process(self, r: CollectorRegistry) -> None:
         """Build, config reloads, supervised loops and breaker actions."""

@@ -15,18 +15,46 @@ SOURCES = ("gateway", "rest", "gate", "cdplog", "cdp", "statuspage")
 DISCORD_SOURCES = frozenset(SOURCES) - {"cdp"}
 
 # CDP >= 4.4.3 names its channels cdp-chat-<requestId>; v4.0.8-v4.4.2 cdp-对话<requestId>
-# (no hyphen), earlier versions 对话<requestId>.
+# (no hyphen), before that 对话<requestId> (git 9c6452e, 9074a5e). A request id starts
+# with 14 digits (YYYYMMDDhhmmss), which the default pattern requires after the legacy
+# prefixes: a server's own channel called "对话…" is not CDP's.
 CHANNEL_PREFIX = "cdp-chat-"
 LEGACY_CHANNEL_PREFIX = "cdp-对话"
-LEGACY_CHANNEL_PREFIXES = (LEGACY_CHANNEL_PREFIX, "对话")
+OLDEST_CHANNEL_PREFIX = "对话"
+LEGACY_CHANNEL_PREFIXES = (LEGACY_CHANNEL_PREFIX, OLDEST_CHANNEL_PREFIX)
 CHANNEL_PREFIXES = (CHANNEL_PREFIX, *LEGACY_CHANNEL_PREFIXES)
-DEFAULT_NAME_PATTERN = r"^cdp-(chat|对话)-"
+DEFAULT_NAME_PATTERN = r"^(cdp-chat-|(cdp-)?对话\d{14})"
 
 TEMP_CHANNEL_STATES = ("active", "empty", "stale", "leaked")
 
 # Label values known up front, so their counters start at 0 and `increase()` in an alert
 # sees the first event.
-CDP_FAILURE_REASONS = ("timeout", "channel_limit", "retries_exhausted")
+# Why CDP failed to create a channel (its log, cdplog.py): 3 attempts of 60 s timed out;
+# discordgo's 20 s client timeout; 403/50013; 30013 (guild full); 502 after discordgo's
+# retries; another HTTP 5xx; another HTTP error; a network error. `retries_exhausted` is
+# the wording of CDP v4.3.6-v4.3.8 only (kept: such deployments exist).
+CDP_FAILURE_REASONS = (
+    "timeout",
+    "http_timeout",
+    "forbidden",
+    "limit_30013",
+    "bad_gateway",
+    "server_error",
+    "http_error",
+    "network",
+    "retries_exhausted",
+)
+# CDP-side trouble seen in its log (`cdpmon_cdp_errors_total{kind}`), never Discord's
+# instability: user tokens, its own gateway session, fatal exits, failed auto-deletes,
+# purges of in-use channels (MAX_CHANNEL_DEL_TYPE) and a guild too full to purge.
+CDP_ERROR_KINDS = (
+    "user_token",
+    "gateway",
+    "fatal",
+    "delete_failed",
+    "purge",
+    "guild_full",
+)
 RECONCILE_RESULTS = ("ok", "partial", "error", "dry_run")
 # "cloudflare": a ban-shaped 429 (no JSON, no Via) from Cloudflare in front of Discord.
 RATELIMIT_SCOPES = ("user", "global", "shared", "cloudflare")

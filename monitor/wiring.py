@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,14 +17,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from monitor.clock import SYSTEM_CLOCK, Clock
-from monitor.config import CdpLogConfig, Config
+from monitor.config import Config
 from monitor.control import ControlTarget, build_control_app
 from monitor.discord.rest import DiscordRestClient
 from monitor.discord.session_live import LiveGuild
 from monitor.errors import MonitorError
 from monitor.events import Events
 from monitor.gate import Gate
-from monitor.health.cdplog import follow_command, follow_file
 from monitor.health.effects import TransitionEffects
 from monitor.health.owner import Health
 from monitor.health.probes import ProbeContext, ProbeResult, enabled_probes, run_probe
@@ -41,6 +40,7 @@ from monitor.notify import (
     notify_targets,
 )
 from monitor.reconcile import Reconciler, ReconcileReport
+from monitor.reconcile.rules import Activity
 from monitor.state import StateDir
 from monitor.statuspage import History
 from monitor.supervise import Supervisor
@@ -182,18 +182,6 @@ async def serve(app: web.Application, key: str, address: HostPort) -> tuple[web.
     return runner, url_for(address.host, port)
 
 
-def cdplog_lines(
-    config: CdpLogConfig, *, clock: Clock, logger: logging.Logger
-) -> AsyncIterator[str]:
-    """The CDP log's lines, from the file or the command `signals.cdp_log` names."""
-    if config.file is not None:
-        return follow_file(config.file, clock=clock)
-    assert config.command is not None
-    return follow_command(
-        list(config.command), clock=clock, backoff_base=config.restart_backoff, logger=logger
-    )
-
-
 def new_health(
     config: Config,
     *,
@@ -233,6 +221,7 @@ def new_reconciler(
     metrics: Metrics,
     clock: Clock = SYSTEM_CLOCK,
     logger: logging.Logger = _LOG,
+    activity: Callable[[], Activity] | None = None,
     live: LiveGuild | None = None,
 ) -> Reconciler:
     return Reconciler.from_config(
@@ -243,6 +232,7 @@ def new_reconciler(
         metrics=metrics,
         clock=clock,
         logger=logger,
+        activity=activity,
         live=live,
     )
 
@@ -305,9 +295,11 @@ async def reconcile_once(
     session: aiohttp.ClientSession,
     clock: Clock = SYSTEM_CLOCK,
     logger: logging.Logger = _RECONCILE_LOG,
+    adopt_older_than: float | None = None,
 ) -> ReconcileReport:
     """One run straight against Discord, without a daemon. Reads the daemon's request
-    ledger (read-only) if the state directory has one; writes the audit log there."""
+    ledger (read-only) if the state directory has one; writes the audit log there.
+    `adopt_older_than`: the operator's `--adopt-older-than` (old leaks with messages)."""
     set_secrets(config_secrets(config))  # redacted from the report it prints, too
     metrics = Metrics(CollectorRegistry())
     rest = new_rest(config, session=session, metrics=metrics, clock=clock, logger=logger)
@@ -322,4 +314,5 @@ async def reconcile_once(
         clock=clock,
         logger=logger,
     )
-    return await reconciler.run(dry_run=dry_run, trigger="cli")
+    trigger = "cli" if adopt_older_than is None else "cli_adopt"
+    return await reconciler.run(dry_run=dry_run, trigger=trigger, adopt_older_than=adopt_older_than)

@@ -25,7 +25,7 @@ from monitor.health.cdplog import (
     parse_go_duration,
     parse_line,
 )
-from monitor.health.follow import backoff_delay, follow_command, follow_file
+from monitor.health.follow import backoff_delay, follow_command, follow_file, follow_newest
 from monitor.health.window import Sample
 from monitor.metrics import Metrics
 from tests.helpers.metrics import sample, sample_or_zero
@@ -58,17 +58,22 @@ def test_retry_line_of_older_versions_has_no_number() -> None:
 def test_retry_line_with_ansi_colours_and_chinese_text() -> None:
     line = (
         "\x1b[33m[WARN]\x1b[0m 2024/05/01 - 12:34:56 | 42 | "
-        "频道创建 Create channel timed out, retrying...\x1b[1m2\x1b[0m 请稍候\r\n"
+        "Create channel timed out, retrying...\x1b[1m2\x1b[0m 请稍候\r\n"
     )
     event = parse_line(line)
     assert isinstance(event, CreateRetry)
     assert (event.request_id, event.attempt) == ("42", 2)
 
 
-def test_retry_line_without_request_id_context() -> None:
-    # Versions logging through another logger have no "| id |" part.
-    event = parse_line("2024-05-01T12:00:00Z WARN Create channel timed out, retrying...0")
-    assert event == CreateRetry(request_id=None, attempt=0)
+def test_retry_line_after_a_docker_timestamp_without_request_id() -> None:
+    # `docker logs -t` puts an RFC 3339 timestamp first; UNKNOWN is CDP's "no id".
+    line = (
+        "2024-05-01T12:00:00.123456789Z [WARN] 2024/05/01 - 12:00:00 | UNKNOWN | "
+        "Create channel timed out, retrying...0 "
+    )
+    assert parse_line(line) == CreateRetry(
+        request_id=None, attempt=0, logged_at=datetime(2024, 5, 1, 12)
+    )
 
 
 def test_failure_after_attempts_is_timeout() -> None:
@@ -81,6 +86,16 @@ def test_failure_after_attempts_is_timeout() -> None:
         request_id="1785412345678901248",
         logged_at=datetime(2024, 5, 1, 12, 37, 56),
     )
+
+
+def test_older_versions_retried_on_errors() -> None:
+    # CDP v4.3.6-v4.3.8: an error is one failed attempt (the request may still succeed).
+    line = (
+        "[WARN] 2024/05/01 - 12:00:00 | 77 | Failed to create channel, error: "
+        'HTTP 400 Bad Request, {"message": "Maximum number of server channels reached (500)",'
+        ' "code": 30013}'
+    )
+    assert parse_line(line) == CreateRetry("77", None, datetime(2024, 5, 1, 12))
 
 
 def test_older_failure_wording_is_retries_exhausted() -> None:
@@ -96,12 +111,12 @@ def test_older_failure_wording_is_retries_exhausted() -> None:
 @pytest.mark.parametrize(
     "line",
     [
-        "[WARN] 2024/05/01 - 12:00:00 | 77 | Failed to create channel, error: "
+        "[ERR] 2024/05/01 - 12:00:00 | 77 | 创建频道时异常 "
         'HTTP 400 Bad Request, {"message": "Maximum number of server channels reached (500)",'
         ' "code": 30013}',
-        "[ERR] 2024/05/01 - 12:00:00 | 77 | 创建频道失败: "
-        "Maximum number of server channels reached (500)",
-        '[ERR] 2024/05/01 - 12:00:00 | 77 | 当前Discord服务器频道已满 {"code":30013}',
+        '[ERR] 2024/05/01 - 12:00:00 | 77 | HTTP 400 Bad Request, {"message": '
+        '"Maximum number of server channels reached (500)", "code": 30013} ',
+        "[ERR] 2024/05/01 - 12:00:00 | 77 | 当前Discord服务器频道已满，且无CDP临时频道可删除 ",
         "\x1b[31m[ERR]\x1b[0m 2024/05/01 - 12:00:00 | 77 | "
         "Maximum number of guild channels reached (500)",
     ],
@@ -109,7 +124,7 @@ def test_older_failure_wording_is_retries_exhausted() -> None:
 def test_channel_limit_lines(line: str) -> None:
     event = parse_line(line)
     assert isinstance(event, CreateFailure)
-    assert event.reason == "channel_limit"
+    assert event.reason == "limit_30013"
     assert event.request_id == "77"
 
 
@@ -222,7 +237,8 @@ async def test_signal_counts_metrics_and_feeds_sink() -> None:
             "[INFO] 2024/05/01 - 12:01:00 | a | irrelevant",
             "[ERR] 2024/05/01 - 12:03:00 | a | "
             "failed after 3 attempts due to timeout, please reset BOT_TOKEN",
-            '[ERR] 2024/05/01 - 12:03:00 | b | {"code": 30013}',
+            '[ERR] 2024/05/01 - 12:03:00 | b | HTTP 400 Bad Request, {"message": "Maximum number'
+            ' of server channels reached (500)", "code": 30013} ',
             "[GIN] 2024/05/01 - 12:03:00 | a | 500 | 3m0s | 127.0.0.1 | POST /v1/chat/completions",
         )
     )
@@ -235,7 +251,7 @@ async def test_signal_counts_metrics_and_feeds_sink() -> None:
     )
     assert (
         sample_or_zero(
-            metrics.registry, "cdpmon_cdp_channel_create_failures_total", reason="channel_limit"
+            metrics.registry, "cdpmon_cdp_channel_create_failures_total", reason="limit_30013"
         )
         == 1
     )
@@ -349,6 +365,43 @@ async def test_follow_file_waits_for_missing_file_then_reads_from_start(tmp_path
         log.write_text("written before the follower opened it\nsecond\n", encoding="utf-8")
         assert await pending == "written before the follower opened it"
         assert await _next(lines) == "second"
+
+
+async def test_follow_newest_switches_to_the_log_dir_file_of_a_new_start(tmp_path: Path) -> None:
+    # CDP's --log-dir: log-<start date>.log, opened once per start (common/init.go).
+    first = tmp_path / "log-20240501.log"
+    first.write_text("[SYS] 2024/05/01 - 09:00:00 | old, before we started \n", encoding="utf-8")
+    (tmp_path / "notes.txt").write_text("not a log\n", encoding="utf-8")
+    clock = CountingClock()
+    pattern = str(tmp_path / "log-*.log")
+    async with aclosing(follow_newest(pattern, clock=clock, poll_interval=0.01)) as lines:
+        pending = await _first_look(lines, clock)
+        _append(first, "day one\n")
+        assert await pending == "day one"
+        # CDP restarts on another day: its last line in the old file is not lost, and the
+        # new file is read from its start.
+        _append(first, "last words of the old process\n")
+        second = tmp_path / "log-20240502.log"
+        second.write_text("[SYS] 2024/05/02 - 00:10:00 | COZE-DISCORD-PROXY v4.6.5 started \n")
+        assert await _next(lines) == "last words of the old process"
+        assert (
+            await _next(lines) == "[SYS] 2024/05/02 - 00:10:00 | COZE-DISCORD-PROXY v4.6.5 started "
+        )
+        _append(second, "day two\n")
+        assert await _next(lines) == "day two"
+        # The old file is no longer followed (GIN lines after a 1M-line reopen stay there).
+        _append(first, "stale\n")
+        _append(second, "still day two\n")
+        assert await _next(lines) == "still day two"
+
+
+async def test_follow_newest_waits_for_the_first_file(tmp_path: Path) -> None:
+    clock = CountingClock()
+    pattern = str(tmp_path / "log-*.log")
+    async with aclosing(follow_newest(pattern, clock=clock, poll_interval=0.01)) as lines:
+        pending = await _first_look(lines, clock)
+        (tmp_path / "log-20240501.log").write_text("first start\n", encoding="utf-8")
+        assert await pending == "first start"
 
 
 # --- follow_command -------------------------------------------------------------------

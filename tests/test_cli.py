@@ -12,7 +12,8 @@ import yaml
 
 from monitor.config import parse_config
 from monitor.logs import JsonFormatter, RedactFilter
-from monitor.sim.discord import DiscordSimulator
+from monitor.sim.discord import DiscordSimulator, Message
+from monitor.state import StateDir
 from tests.helpers.daemon import fast_config_dict, run_monitor, running_daemon
 
 
@@ -108,3 +109,44 @@ async def test_probe_and_reconcile_commands_build_from_the_config(
     rc, out, err = await run_monitor("reconcile", "--dry-run", "-c", str(path))
     assert rc == 0, err
     assert "dry" in out.lower()
+
+
+async def test_reconcile_adopt_older_than_is_a_dry_run_until_confirmed(
+    discord_sim: DiscordSimulator, tmp_path: Path
+) -> None:
+    """Old leaks with messages (from before the monitor): listed, then deleted only with
+    --yes, each deletion audited with reason `adopted`."""
+    now = discord_sim.clock.time()
+    old = discord_sim.add_channel("cdp-chat-20240101000000oldleak1", age_seconds=10 * 86400)
+    old.messages.append(Message(discord_sim.new_id(now - 9 * 86400), "hi", 1, "u"))
+    recent = discord_sim.add_channel("cdp-chat-20240101000000recent1", age_seconds=10 * 86400)
+    recent.messages.append(Message(discord_sim.new_id(now - 3600), "hi", 1, "u"))
+    data = fast_config_dict(discord_sim, tmp_path / "state")
+    data["reconcile"] = {**data.get("reconcile", {}), "enabled": True}
+    path = tmp_path / "monitor.yaml"
+    path.write_text(yaml.safe_dump(data))
+
+    rc, out, err = await run_monitor("reconcile", "-c", str(path))
+    assert rc == 0, err
+    assert "no rule can judge these 2 channels" in out and "--adopt-older-than" in out
+
+    rc, out, err = await run_monitor("reconcile", "--adopt-older-than", "7d", "-c", str(path))
+    assert rc == 0, err
+    assert "dry run" in out and f"{old.id}  cdp-chat-20240101000000oldleak1  (adopted)" in out
+    assert old.id in discord_sim.state.channels  # nothing deleted yet
+
+    rc, out, err = await run_monitor(
+        "reconcile", "--adopt-older-than", "7d", "--yes", "-c", str(path)
+    )
+    assert rc == 0, err + out
+    assert old.id not in discord_sim.state.channels, out
+    assert recent.id in discord_sim.state.channels
+    audit = list(StateDir(tmp_path / "state").read_audit())
+    assert [(r["event"], r["reason"]) for r in audit if r["channel_id"] == str(old.id)] == [
+        ("dry_run", "adopted"),
+        ("intent", "adopted"),
+        ("deleted", "adopted"),
+    ]
+
+    rc, _, err = await run_monitor("reconcile", "--adopt-older-than", "soon", "-c", str(path))
+    assert rc != 0 and "--adopt-older-than" in err

@@ -183,7 +183,15 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.reconcile.interval == 300.0
     assert cfg.reconcile.name_pattern == DEFAULT_NAME_PATTERN
     assert cfg.reconcile.name_regex.match("cdp-chat-abc123")
-    assert cfg.reconcile.name_regex.match("cdp-对话-abc123")
+    # CDP's legacy names (v4.0.8-v4.4.2, and before): no hyphen after the prefix.
+    assert cfg.reconcile.name_regex.match("cdp-对话202402081340135422918704mmjhbyu")
+    assert cfg.reconcile.name_regex.match("对话2024020814301577792016pxffozvi")
+    # ... but a server's own channels named like that are not CDP's.
+    for name in ("对话", "对话区", "cdp-对话", "cdp-对话-abc123", "对话-general"):
+        assert not cfg.reconcile.name_regex.match(name)
+    # CDP's own defaults: CHANNEL_AUTO_DEL_TIME 5 s, 5 m reply timeout, 3 x 60 s creation.
+    assert (cfg.cdp.auto_delete, cfg.cdp.request_timeout) == (5.0, 300.0)
+    assert cfg.cdp.request_lifetime == 480.0 and cfg.cdp.max_channel_del_type is None
     assert not cfg.reconcile.name_regex.match("general")
     assert cfg.reconcile.protected_channel_ids == frozenset()
     assert (cfg.reconcile.min_age, cfg.reconcile.max_deletes_per_run) == (600.0, 100)
@@ -286,7 +294,40 @@ def test_cdp_log_sources(tmp_path: Path) -> None:
     assert cfg.signals.cdp_log.command == ("docker", "logs", "-f", "cdp")
     with pytest.raises(ConfigError) as exc:
         parse_config(MINIMAL + "signals:\n  cdp_log: {file: a.log, command: [cat]}\n", environ={})
-    assert errors_of(exc) == ["signals.cdp_log.command: set either file or command, not both"]
+    assert errors_of(exc) == [
+        "signals.cdp_log.command: set only one of file, glob or command (file is set)"
+    ]
+    cfg = parse_config(
+        MINIMAL + "signals:\n  cdp_log: {enabled: true, glob: logs/log-*.log}\n",
+        source=tmp_path / "monitor.yaml",
+        environ={},
+    )
+    assert cfg.signals.cdp_log.glob == tmp_path / "logs" / "log-*.log"
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("never", None), (0, None), (-1, None), ("-5", None), ("0s", None), (5, 5.0), ("1h", 3600.0)],
+)
+def test_cdp_auto_delete_never_is_cdp_zero_or_negative(
+    value: object, seconds: float | None
+) -> None:
+    # CDP: CHANNEL_AUTO_DEL_TIME 0 or negative never deletes (chat.go:193-199).
+    cfg = parse_config(MINIMAL + f"cdp:\n  auto_delete: {value}\n", environ={})
+    assert cfg.cdp.auto_delete == seconds
+
+
+def test_cdp_section_rejects_bad_values() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(
+            MINIMAL + "cdp:\n  auto_delete: soon\n  max_channel_del_type: some\n", environ={}
+        )
+    text = "\n".join(errors_of(exc))
+    assert "cdp.auto_delete" in text and "cdp.max_channel_del_type" in text
+    cfg = parse_config(MINIMAL + "cdp:\n  max_channel_del_type: oldest\n", environ={})
+    assert cfg.cdp.max_channel_del_type == "OLDEST"
+    with pytest.raises(ConfigError):  # gone: cdp.auto_delete replaces it
+        parse_config(MINIMAL + "reconcile:\n  cdp_auto_delete: 5s\n", environ={})
 
 
 def test_actions() -> None:

@@ -312,3 +312,37 @@ def test_write_failure_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFix
     target.mkdir()
     ledger.flush()  # still pending: written once the directory is back
     assert file_ids(target) == {"x": "failed"}
+
+
+def test_cdp_restart_makes_open_requests_dead_and_is_persisted(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    ledger = new_ledger(tmp_path, clock)
+    ledger.opened("streaming", T0)
+    ledger.opened("done", T0)
+    ledger.completed("done", T0 + 1)
+    assert ledger.cdp_restarted(T0 + 10) == 1
+    assert ledger.cdp_restarted(T0 + 10) == 0  # the same start seen twice
+    ledger.opened("new", T0 + 11)
+    assert ledger.get("streaming") == LedgerEntry("streaming", "dead", T0, T0 + 10)
+    assert ledger.get("done") == LedgerEntry("done", "completed", T0, T0 + 1)
+    assert ledger.get("new") == LedgerEntry("new", "open", T0 + 11, None)
+    # The gate saw one request's connection break off: dead too; a finished one stays.
+    ledger.died("new", T0 + 12)
+    ledger.died("done", T0 + 12)
+    assert ledger.get("new") == LedgerEntry("new", "dead", T0 + 11, T0 + 12)
+    assert ledger.get("done") == LedgerEntry("done", "completed", T0, T0 + 1)
+    ledger.flush()
+    again = new_ledger(tmp_path, clock)
+    assert again.restarts == (T0 + 10,) == again.snapshot().restarts
+    assert again.get("streaming") == LedgerEntry("streaming", "dead", T0, T0 + 10)
+    snap = RequestLedger.load_snapshot(StateDir(tmp_path), now=T0 + 20)
+    assert snap.restarts == (T0 + 10,)
+
+
+def test_legacy_channel_names() -> None:
+    assert request_id_from_channel_name("cdp-对话2024020814301577792016pxffozvi") == (
+        "2024020814301577792016pxffozvi"
+    )
+    assert request_id_from_channel_name("对话2024020814301577792016PXfFOZVI") == (
+        "2024020814301577792016pxffozvi"
+    )

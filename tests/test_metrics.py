@@ -17,7 +17,7 @@ def test_counters_with_known_labels_start_at_zero() -> None:
     for line in (
         'cdpmon_breaker_transitions_total{to="open"} 0.0',
         'cdpmon_discord_ratelimited_total{scope="global"} 0.0',
-        'cdpmon_cdp_channel_create_failures_total{reason="channel_limit"} 0.0',
+        'cdpmon_cdp_channel_create_failures_total{reason="limit_30013"} 0.0',
         'cdpmon_reconcile_runs_total{result="error"} 0.0',
         'cdpmon_breaker_state{state="closed"} 1.0',
         "cdpmon_paused 0.0",

@@ -10,6 +10,7 @@ import pytest
 from monitor.discord.snowflake import make_snowflake
 from monitor.ledger import RequestLedger
 from monitor.reconcile import Action, plan, recheck
+from monitor.reconcile.rules import Activity
 from tests.helpers.reconcile import GUILD, HOUR, MIN, NOW, cfg, chan, ids, sf, why_of
 
 # -- the planner -----------------------------------------------------------------------------
@@ -29,7 +30,7 @@ def test_ledger_completed_waits_for_cdp_and_the_grace() -> None:
     ledger = RequestLedger(state_dir=None)
     done_long_ago, done_just_now = chan(30, "cdp-chat-aaa"), chan(30, "cdp-chat-bbb")
     ledger.opened("AAA", NOW - 400)
-    ledger.completed("AAA", NOW - 126)  # > cdp_auto_delete 5s + ledger_grace 120s
+    ledger.completed("AAA", NOW - 126)  # > cdp.auto_delete 5s + ledger_grace 120s
     ledger.opened("bbb", NOW - 400)
     ledger.completed("bbb", NOW - 124)
     p = plan([done_long_ago, done_just_now], ledger.snapshot(), cfg(), NOW, guild_limit=500)
@@ -42,11 +43,10 @@ def test_ledger_completed_waits_for_cdp_and_the_grace() -> None:
 def test_ledger_failed_deletes_regardless_of_age_and_messages() -> None:
     ledger = RequestLedger(state_dir=None)
     ledger.failed("late1", NOW - 1)
-    ledger.failed("late2", NOW - 1)
+    ledger.failed("20240208134013late2", NOW - 1)
     brand_new = chan(0, "cdp-chat-late1")
-    with_msgs = chan(1, "cdp-对话late2", last_msg_age=0)  # the v4.0.8-v4.4.2 name
-    legacy = cfg(name_pattern=r"^cdp-(chat-|对话)")
-    p = plan([brand_new, with_msgs], ledger.snapshot(), legacy, NOW, guild_limit=500)
+    with_msgs = chan(1, "cdp-对话20240208134013late2", last_msg_age=0)
+    p = plan([brand_new, with_msgs], ledger.snapshot(), cfg(), NOW, guild_limit=500)
     assert sorted(ids(p.actions)) == sorted([brand_new["id"], with_msgs["id"]])
     assert {a.reason for a in p.actions} == {"ledger_failed"}
 
@@ -139,8 +139,17 @@ def test_high_watermark_switches_to_emergency_min_age() -> None:
     five_min = chan(5 * MIN)
     one_min = chan(1 * MIN)
     filler = [chan(HOUR, "general", cid=None) for _ in range(398)]
-    calm = plan([five_min, one_min, *filler], None, cfg(), NOW, guild_limit=500)  # 400 = 80%
+    # 400 = 80%. Above the watermark age is not enough: the gate has nothing in flight.
+    idle = Activity(inflight_creates=0)
+    calm = plan([five_min, one_min, *filler], None, cfg(), NOW, guild_limit=500, activity=idle)
     assert calm.emergency and ids(calm.actions) == [five_min["id"]]
+    # A create in flight (its channel may be the empty one: CDP's prompt post has no
+    # timeout), or nothing known (no gate): only min_age deletes.
+    for activity in (Activity(inflight_creates=1), None):
+        chans = [five_min, one_min, *filler]
+        busy = plan(chans, None, cfg(), NOW, guild_limit=500, activity=activity)
+        assert busy.emergency and busy.actions == ()
+        assert "its request may be live" in why_of(busy, five_min["id"])
     below = plan([five_min, one_min, *filler[:-1]], None, cfg(), NOW, guild_limit=500)
     assert not below.emergency and below.actions == ()
     assert below.census.above_watermark is False and calm.census.above_watermark is True

@@ -18,10 +18,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from monitor.clock import FakeClock
-from monitor.config import ReconcileConfig
+from monitor.config import CdpConfig, ReconcileConfig
 from monitor.ledger import RequestLedger
 from monitor.metrics import Metrics
 from monitor.reconcile import Reconciler
+from monitor.reconcile.rules import Activity
 from monitor.state import StateDir
 from tests.helpers.reconcile import GUILD, HOUR, MIN, NOW, cfg, chan, sf
 
@@ -96,7 +97,7 @@ async def startup_run(env: Env) -> None:
 
 def completed_request(ledger: RequestLedger) -> None:
     ledger.opened("aaa", NOW - 400)
-    ledger.completed("aaa", NOW - 200)  # past cdp_auto_delete 5s + ledger_grace 120s
+    ledger.completed("aaa", NOW - 200)  # past cdp.auto_delete 5s + ledger_grace 120s
 
 
 PROTECTED = sf(HOUR)
@@ -134,9 +135,6 @@ CASES: dict[str, Case] = {
     ),
     "stale_after": Case(30 * MIN, channels=[chan(2 * HOUR, last_msg_age=HOUR)]),
     "settle_delay": Case(2 * MIN, probe=step_after(0, "closed", since=NOW - MIN)),
-    "cdp_auto_delete": Case(
-        300.0, channels=[chan(5 * MIN, "cdp-chat-aaa")], ledger=completed_request
-    ),
     "ledger_grace": Case(300.0, channels=[chan(5 * MIN, "cdp-chat-aaa")], ledger=completed_request),
     "census_interval": Case(5 * MIN, probe=listings_after(100)),
     "list_spacing": Case(MIN, base={"census_interval": 10.0}, probe=listings_after(40)),
@@ -164,6 +162,7 @@ async def outcome(
         state_dir=StateDir(tmp),
         metrics=Metrics(CollectorRegistry()),
         clock=clock,
+        activity=lambda: Activity(inflight_creates=0),  # the gate has nothing in flight
     )
     env = Env(rec, guild, clock)
     await case.start(env)
@@ -182,3 +181,33 @@ async def test_reload_changes_the_running_reconciler(key: str, tmp_path: Path) -
     fresh = await outcome(case, new, tmp_path / "new", reload_to=None)
     assert reloaded == fresh
     assert reloaded != before
+
+
+async def test_reload_of_cdp_auto_delete_applies_to_the_next_run(tmp_path: Path) -> None:
+    # A completed request's channel: CDP's own delete is overdue at 5 s, not at `never`.
+    async def deleted(cdp: CdpConfig | None, reload_to: CdpConfig | None) -> list[str]:
+        clock = FakeClock(NOW)
+        ledger = RequestLedger(state_dir=None, clock=clock)
+        completed_request(ledger)
+        guild = MemoryGuild([chan(5 * MIN, "cdp-chat-aaa", last_msg_age=250)])
+        rec = Reconciler(
+            cfg(),
+            guild_id=GUILD,
+            channel_limit=500,
+            rest=guild,
+            ledger=ledger,
+            state_dir=StateDir(tmp_path / str(id(clock))),
+            metrics=Metrics(CollectorRegistry()),
+            clock=clock,
+            cdp=cdp,
+        )
+        if reload_to is not None:
+            rec.reconfigure(cfg(), cdp=reload_to)
+        report = await rec.run(trigger="test")
+        return [d["reason"] for d in report.deleted]
+
+    never = CdpConfig(auto_delete="never")
+    assert await deleted(None, None) == ["ledger_completed"]
+    assert await deleted(never, None) == []
+    assert await deleted(None, never) == []
+    assert await deleted(never, CdpConfig()) == ["ledger_completed"]

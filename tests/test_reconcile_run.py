@@ -25,6 +25,7 @@ from monitor.discord.snowflake import snowflake_time
 from monitor.ledger import LEDGER_FILE, RequestLedger
 from monitor.metrics import Metrics
 from monitor.reconcile import Reconciler, format_report
+from monitor.reconcile.rules import Activity
 from monitor.sim.discord import DiscordSimulator, SimSettings
 from monitor.state import StateDir
 from monitor.wiring import reconcile_once
@@ -428,6 +429,13 @@ async def test_emergency_guild_at_490_of_500_is_brought_under_the_watermark(
         def breaker() -> tuple[str, float]:
             return ("open", NOW)
 
+        # Age alone is no evidence above the watermark: while the gate has a create in
+        # flight, a young empty channel may be its (CDP's prompt post has no timeout).
+        env.rec.activity = lambda: Activity(inflight_creates=2)
+        assert await env.rec.step(breaker) == "emergency"
+        assert len(env.sim.state.channels) == 491
+        env.rec.activity = lambda: Activity(inflight_creates=0)  # nothing in flight
+        env.clock.advance(cfg().list_spacing)  # a run that deleted nothing is retried then
         triggers = [await env.rec.step(breaker) for _ in range(3)]
         assert triggers[0] == "emergency"
         assert len(env.sim.state.channels) < 400  # below 80% of 500

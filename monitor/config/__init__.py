@@ -15,6 +15,7 @@ the way the config does.
 
 from __future__ import annotations
 
+from monitor.config.cdp import CdpConfig
 from monitor.config.load import default_config_path, load_config, parse_config
 from monitor.config.schema import (
     ActionConfig,
@@ -54,6 +55,7 @@ __all__ = [
     "ActionConfig",
     "ActionsConfig",
     "BreakerConfig",
+    "CdpConfig",
     "CdpLogConfig",
     "CdpProbeConfig",
     "Config",

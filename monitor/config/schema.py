@@ -11,8 +11,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
+from monitor.config.cdp import CdpConfig
 from monitor.config.errors import field_problems, problem
 from monitor.config.fields import (
     Argv,
@@ -134,15 +142,21 @@ class ProbesConfig(_Section):
 class CdpLogConfig(_Section):
     enabled: bool = False
     file: ResolvedPath | None = None
+    # The newest file matching it (CDP's --log-dir: `<dir>/log-*.log`), relative paths
+    # anchored to the config file's directory.
+    glob: ResolvedPath | None = None
     command: Argv | None = None
     restart_backoff: PositiveDuration = 5.0
 
     @model_validator(mode="after")
     def _one_source(self) -> CdpLogConfig:
-        if self.file is not None and self.command is not None:
-            raise field_problems(("command", "set either file or command, not both"))
-        if self.enabled and self.file is None and self.command is None:
-            raise field_problems(("file", "required when enabled (or set command)"))
+        given = [k for k in ("file", "glob", "command") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise field_problems(
+                (given[1], f"set only one of file, glob or command ({given[0]} is set)")
+            )
+        if self.enabled and not given:
+            raise field_problems(("file", "required when enabled (or set glob or command)"))
         return self
 
 
@@ -230,7 +244,6 @@ class ReconcileConfig(_Section):
     high_watermark: Fraction = 0.8
     stale_after: PositiveDuration | None = None
     settle_delay: Duration = 30.0
-    cdp_auto_delete: Duration = 5.0
     ledger_grace: Duration = 120.0
     census_interval: PositiveDuration = 60.0
     list_spacing: PositiveDuration = 30.0
@@ -331,6 +344,7 @@ class Config(_Section):
     health: HealthConfig = HealthConfig()
     breaker: BreakerConfig = BreakerConfig()
     gate: GateConfig = GateConfig()
+    cdp: CdpConfig = CdpConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
     control: ControlConfig = ControlConfig()
     actions: ActionsConfig = ActionsConfig()

@@ -196,6 +196,7 @@ def daemon_config_dict(
         "breaker": {"reset_timeout": "2s", "success_threshold": 2, "max_reset_timeout": "4s"},
         "gate": _gate_section(settings, cdp),
         "reconcile": _reconcile_section(settings),
+        "cdp": {"auto_delete": f"{settings.auto_delete}s"},  # CHANNEL_AUTO_DEL_TIME
         "control": {"listen": "127.0.0.1:0", "token": secrets.token_hex(16)},
         "state_dir": str(state_dir),
     }
@@ -224,7 +225,6 @@ def _reconcile_section(settings: ScenarioSettings) -> dict[str, Any]:
         "min_age": "3s",
         "emergency_min_age": "2s",
         "settle_delay": "500ms",
-        "cdp_auto_delete": f"{settings.auto_delete}s",
         "ledger_grace": "2s",
         "high_watermark": settings.high_watermark,
         "max_deletes_per_run": 100,

@@ -1,10 +1,13 @@
-"""Following a log source line by line: a file like `tail -F`, or a command's output
-(restarted with backoff when it exits). Used for CDP's log (cdplog.py parses the lines).
+"""Following a log source line by line: a file like `tail -F`, the newest file of a glob
+(CDP's `--log-dir` writes `log-<start date>.log`, opened once per process start), or a
+command's output (restarted with backoff when it exits). Used for CDP's log (cdplog.py
+parses the lines).
 """
 
 from __future__ import annotations
 
 import asyncio
+import glob as globlib
 import logging
 import os
 from collections.abc import AsyncGenerator, Sequence
@@ -27,14 +30,16 @@ def _file_id(st: os.stat_result) -> tuple[int, int]:
 class _Tail:
     """Synchronous core of `follow_file`: each `poll` returns the lines added since."""
 
-    def __init__(self, path: Path, *, max_line_bytes: int, log: logging.Logger) -> None:
+    def __init__(
+        self, path: Path, *, max_line_bytes: int, log: logging.Logger, from_start: bool = False
+    ) -> None:
         self._path = path
         self._max = max_line_bytes
         self._log = log
         self._fh: BinaryIO | None = None
         self._ident: tuple[int, int] | None = None
         self._buf = b""
-        self._first_look = True
+        self._first_look = not from_start
 
     def _open(self) -> None:
         try:
@@ -119,6 +124,49 @@ async def follow_file(
             await clock.sleep(poll_interval)
     finally:
         tail.close()
+
+
+def newest_file(pattern: str) -> Path | None:
+    """The file matching `pattern` with the greatest name: CDP's `log-YYYYMMDD.log`
+    sorts by date (its modification time would not: an old process may still write)."""
+    matches = [Path(p) for p in globlib.glob(pattern) if os.path.isfile(p)]
+    return max(matches, key=lambda p: (p.name, str(p))) if matches else None
+
+
+async def follow_newest(
+    pattern: str,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    poll_interval: float = 0.5,
+    max_line_bytes: int = 1 << 20,
+    logger: logging.Logger | None = None,
+) -> AsyncGenerator[str, None]:
+    """Lines appended to the newest file matching `pattern` (e.g. `/var/log/cdp/log-*.log`),
+    forever. The newest file on the first look is followed from its end; when a newer
+    one appears (CDP restarted on another day), the rest of the old one is read, then
+    the new one from its start. A file that is already the newest is never re-read."""
+    log = logger or _log
+    current = newest_file(pattern)
+    tail = None if current is None else _Tail(current, max_line_bytes=max_line_bytes, log=log)
+    try:
+        while True:
+            newest = newest_file(pattern)
+            if newest is not None and newest != current:
+                if tail is not None:
+                    for line in tail.poll():
+                        yield line
+                    tail.close()
+                log.info("following %s (the newest of %s)", newest, pattern)
+                current = newest
+                # Appeared after we started: every line in it is new.
+                tail = _Tail(newest, max_line_bytes=max_line_bytes, log=log, from_start=True)
+            if tail is not None:
+                for line in tail.poll():
+                    yield line
+            await clock.sleep(poll_interval)
+    finally:
+        if tail is not None:
+            tail.close()
 
 
 def backoff_delay(consecutive_failures: int, *, initial: float, maximum: float) -> float:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from monitor.clock import Clock
-from monitor.config import ReconcileConfig
 from monitor.errors import DiscordError, DiscordNotFound, DiscordUnauthorized
 from monitor.ledger import LedgerView
 from monitor.metrics import Metrics
@@ -23,6 +22,7 @@ from monitor.reconcile.audit import AUDIT_FAILED, write_audit
 from monitor.reconcile.census import ChannelsAPI
 from monitor.reconcile.plan import Action, Plan, Skip, recheck
 from monitor.reconcile.report import RunState, error_entry
+from monitor.reconcile.rules import Inputs
 from monitor.state import StateDir
 
 
@@ -35,13 +35,14 @@ class MessagesAPI(Protocol):
 
 @dataclass(frozen=True)
 class Applier:
-    """What carrying out a plan needs; `settings` returns the current settings (the
-    re-check applies the rules as configured at that moment)."""
+    """What carrying out a plan needs; `inputs` returns the current settings and activity
+    (the re-check applies the rules as configured, and to what is in flight, at that
+    moment)."""
 
     guild_id: int
     rest: ChannelsAPI
     ledger: LedgerView | None  # live: a request may have (re)opened since the plan
-    settings: Callable[[], ReconcileConfig]
+    inputs: Callable[[], Inputs]
     state_dir: StateDir
     metrics: Metrics
     clock: Clock
@@ -88,15 +89,18 @@ class Applier:
             except DiscordError as exc:
                 _discord_failed(state, a, "emptiness check", exc)
                 return
+        inputs = self.inputs()
         reason, why = recheck(
             a,
             fresh,
             self.ledger,
-            self.settings(),
+            inputs.settings,
             self.clock.time(),
             min_age=p.min_age,
             guild_id=self.guild_id,
             messages=messages,
+            cdp=inputs.cdp,
+            activity=inputs.activity,
         )
         if reason is None:
             report.skipped.append(Skip(str(a.channel_id), a.name, f"re-check: {why}").as_dict())

@@ -6,14 +6,10 @@ again from what Discord answers just before its deletion. A wrong deletion is th
 bug this product can have, so the rules are narrow and anything unexpected in the listing
 is skipped.
 
-The rules (DESIGN section 2.6): a candidate is a text channel (type 0) whose name matches
-`name_pattern` (`re.match`, from the start) and whose id is not protected. It is deleted
-when its ledger request failed (`ledger_failed`), completed longer ago than
-`cdp_auto_delete + ledger_grace` (`ledger_completed`), it is empty and older than
-`min_age` (`empty_aged`; `emergency_min_age` above the high watermark), or (only with
-`stale_after`) its last activity is older than `stale_after` and the channel older than
-`min_age` (`stale`). Never while its ledger request is open or completed within the grace
-period.
+The rules (DESIGN section 7b) live in rules.py: a candidate is a text channel (type 0)
+whose name matches `name_pattern` (`re.match`, from the start) and whose id is not
+protected; `rules.judge` decides. Kept channels with messages that no rule can judge are
+`Plan.unjudged` (the first run's report of old leaks).
 
 A listing entry without `last_message_id` (the OpenAPI marks it optional) has unknown
 emptiness: the ledger judges it first as usual; otherwise the age rule makes it a
@@ -27,14 +23,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from monitor.config import ReconcileConfig
+from monitor.config import CdpConfig, ReconcileConfig
 from monitor.discord.snowflake import parse_snowflake, snowflake_time
-from monitor.ledger import EMPTY_LEDGER, LedgerEntry, LedgerView
-from monitor.units import format_duration
+from monitor.ledger import EMPTY_LEDGER, LedgerView
+from monitor.reconcile.rules import REASONS, Activity, Inputs, Verdict, ago, judge
 from monitor.vocab import TEMP_CHANNEL_STATES
 
 TEXT_CHANNEL = 0
-REASONS = ("ledger_failed", "ledger_completed", "empty_aged", "stale")
+__all__ = ["REASONS", "Action", "Census", "Plan", "Skip", "ago", "plan", "recheck"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +64,13 @@ class Skip:
     channel_id: str | None
     name: str | None
     why: str
+    unjudged: bool = False  # has messages and no rule can judge it (old leak, or kept)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.channel_id, "name": self.name, "why": self.why}
+        out: dict[str, Any] = {"id": self.channel_id, "name": self.name, "why": self.why}
+        if self.unjudged:
+            out["unjudged"] = True
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +119,14 @@ class Plan:
     not_matching: int  # listed channels whose name does not match (not listed in skipped)
     census: Census
 
+    @property
+    def unjudged(self) -> tuple[Skip, ...]:
+        """Kept channels with messages that no rule can judge (`--adopt-older-than`)."""
+        return tuple(s for s in self.skipped if s.unjudged)
+
 
 def above_watermark(channels: int, limit: int, high_watermark: float) -> bool:
     return limit > 0 and channels >= high_watermark * limit
-
-
-def ago(seconds: float) -> str:
-    """A duration for a human ("9m"), never negative."""
-    return format_duration(max(0.0, round(seconds, 3)))
 
 
 # -- one listing entry ----------------------------------------------------------------------
@@ -164,24 +164,11 @@ def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-@dataclass(frozen=True, slots=True)
-class _Verdict:
-    reason: str | None  # a delete reason, or None: keep it
-    why: str  # why it is kept ("" when deleted)
-    state: str  # census state: active, empty, stale, leaked
-    last_message_id: int | None = None
-    request_id: str | None = None
-    last_listed: bool = True
-
-
 def _judge(
-    f: _Facts,
-    ledger: LedgerView,
-    settings: ReconcileConfig,
-    now: float,
-    min_age: float,
-) -> _Verdict | Skip | None:
+    f: _Facts, ledger: LedgerView, inputs: Inputs, now: float, min_age: float
+) -> Verdict | Skip | None:
     """None: not a temporary channel at all (name does not match)."""
+    settings = inputs.settings
     if not settings.name_regex.match(f.name):
         return None
     if f.type != TEXT_CHANNEL:
@@ -195,50 +182,12 @@ def _judge(
         last = parse_snowflake(raw_last)
         if last is None:
             return Skip(str(f.id), f.name, f"invalid last_message_id {raw_last!r}")
-    entry = ledger.lookup_channel_name(f.name)
-    if entry is not None:
-        return replace(_decide_by_ledger(entry, last, settings, now), last_listed=listed)
-    verdict = _decide_by_age(f, last, settings, now, min_age)
+    verdict = judge(f.id, f.name, last, ledger, inputs, now, min_age)
     if listed:
         return verdict
     # Judged as if empty; `recheck` deletes only once the messages show it is.
     why = verdict.why and f"{verdict.why}; last_message_id not listed"
     return replace(verdict, why=why, last_listed=False)
-
-
-def _decide_by_ledger(
-    entry: LedgerEntry, last: int | None, s: ReconcileConfig, now: float
-) -> _Verdict:
-    # The ledger knows this request: it outranks the age rules.
-    rid = entry.request_id
-    if entry.state == "open":
-        return _Verdict(None, f"request {rid} is still open", "active", last, rid)
-    if entry.state == "failed":
-        return _Verdict("ledger_failed", "", "leaked", last, rid)
-    finished = entry.last_change
-    if now - finished > s.cdp_auto_delete + s.ledger_grace:
-        return _Verdict("ledger_completed", "", "leaked", last, rid)
-    why = f"request {rid} completed {ago(now - finished)} ago; CDP deletes it itself"
-    return _Verdict(None, why, "active", last, rid)
-
-
-def _decide_by_age(
-    f: _Facts, last: int | None, s: ReconcileConfig, now: float, min_age: float
-) -> _Verdict:
-    age = now - snowflake_time(f.id)
-    if last is None:
-        if age > min_age:
-            return _Verdict("empty_aged", "", "leaked", last)
-        why = f"empty, only {ago(age)} old (min_age {ago(min_age)})"
-        return _Verdict(None, why, "empty", last)
-    idle = now - snowflake_time(last)
-    # stale also needs min_age: a stale_after shorter than min_age must not delete young
-    # channels (the backlog lands late, and CDP may still be posting into it).
-    if s.stale_after is not None and idle > s.stale_after and age > min_age:
-        return _Verdict("stale", "", "leaked", last)
-    threshold = s.stale_after if s.stale_after is not None else s.min_age
-    state = "stale" if idle > threshold else "active"
-    return _Verdict(None, f"has messages (last {ago(idle)} ago)", state, last)
 
 
 # -- the whole listing ----------------------------------------------------------------------
@@ -257,7 +206,7 @@ class _Sorted:
 def _sort_listing(
     channels: Sequence[Any],
     ledger: LedgerView,
-    settings: ReconcileConfig,
+    inputs: Inputs,
     now: float,
     min_age: float,
     guild_id: int | None,
@@ -273,7 +222,7 @@ def _sort_listing(
             out.skipped.append(Skip(str(facts.id), facts.name, "listed twice"))
             continue
         seen.add(facts.id)
-        verdict = _judge(facts, ledger, settings, now, min_age)
+        verdict = _judge(facts, ledger, inputs, now, min_age)
         if verdict is None:
             out.not_matching += 1
         elif isinstance(verdict, Skip):
@@ -281,13 +230,13 @@ def _sort_listing(
         else:
             out.counts[verdict.state] += 1
             if verdict.reason is None:
-                out.skipped.append(Skip(str(facts.id), facts.name, verdict.why))
+                out.skipped.append(Skip(str(facts.id), facts.name, verdict.why, verdict.unjudged))
             else:
                 out.deletable.append(_action(facts, verdict, verdict.reason))
     return out
 
 
-def _action(facts: _Facts, verdict: _Verdict, reason: str) -> Action:
+def _action(facts: _Facts, verdict: Verdict, reason: str) -> Action:
     return Action(
         channel_id=facts.id,
         name=facts.name,
@@ -307,13 +256,17 @@ def plan(
     *,
     guild_limit: int,
     guild_id: int | None = None,
+    cdp: CdpConfig | None = None,
+    activity: Activity | None = None,
 ) -> Plan:
-    """Decide what to delete. Pure: the same inputs always give the same plan."""
+    """Decide what to delete. Pure: the same inputs always give the same plan. `cdp`
+    (default: CDP's defaults) and `activity` (default: nothing known) feed the rules."""
     ledger = EMPTY_LEDGER if ledger_view is None else ledger_view
+    inputs = Inputs(settings, cdp or CdpConfig(), activity or Activity())
     total = len(channels)
     emergency = above_watermark(total, guild_limit, settings.high_watermark)
     min_age = settings.emergency_min_age if emergency else settings.min_age
-    found = _sort_listing(channels, ledger, settings, now, min_age, guild_id)
+    found = _sort_listing(channels, ledger, inputs, now, min_age, guild_id)
     deletable = sorted(found.deletable, key=lambda a: (a.created_at, a.channel_id))  # oldest first
     cap = settings.max_deletes_per_run
     actions, later = deletable[:cap], deletable[cap:]
@@ -350,6 +303,8 @@ def recheck(
     min_age: float,
     guild_id: int | None = None,
     messages: Any = None,
+    cdp: CdpConfig | None = None,
+    activity: Activity | None = None,
 ) -> tuple[str | None, str]:
     """Judge a channel again from what Discord answered just now: (reason, "") to delete
     it, else (None, why). Any change since the listing keeps it. When `fresh` has no
@@ -370,7 +325,8 @@ def recheck(
     if facts.name != action.name:
         return None, f"renamed to {facts.name!r}"
     ledger = EMPTY_LEDGER if ledger_view is None else ledger_view
-    verdict = _judge(facts, ledger, settings, now, min_age)
+    inputs = Inputs(settings, cdp or CdpConfig(), activity or Activity())
+    verdict = _judge(facts, ledger, inputs, now, min_age)
     if verdict is None:
         return None, "name no longer matches name_pattern"
     if isinstance(verdict, Skip):

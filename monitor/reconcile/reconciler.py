@@ -12,18 +12,27 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from monitor.clock import SYSTEM_CLOCK, Clock
-from monitor.config import Config, ReconcileConfig
+from monitor.config import CdpConfig, Config, ReconcileConfig
 from monitor.errors import DiscordError, MonitorError, StateError
 from monitor.ledger import LedgerView, RequestLedger
 from monitor.metrics import Metrics
 from monitor.reconcile.apply import Applier
 from monitor.reconcile.census import ChannelsAPI, GuildCensus, LiveChannels
-from monitor.reconcile.plan import Census, Plan, ago, plan
-from monitor.reconcile.report import ReconcileReport, RunState, result_of, run_summary
-from monitor.reconcile.triggers import next_trigger
+from monitor.reconcile.plan import Census, Plan, plan
+from monitor.reconcile.report import (
+    ReconcileReport,
+    RunState,
+    fill_from_plan,
+    result_of,
+    run_status,
+    unjudged_message,
+)
+from monitor.reconcile.rules import Activity, Inputs
+from monitor.reconcile.triggers import next_trigger, restart_due
 from monitor.state import StateDir
 
 DEFAULT_CONCURRENCY = 16
@@ -57,9 +66,16 @@ class Reconciler:
         clock: Clock = SYSTEM_CLOCK,
         logger: logging.Logger = _LOG,
         concurrency: int = DEFAULT_CONCURRENCY,
+        cdp: CdpConfig | None = None,
+        activity: Callable[[], Activity] | None = None,
         live: LiveChannels | None = None,
     ) -> None:
         self._settings = settings
+        self.cdp = cdp or CdpConfig()
+        metrics.cdp_purges_when_full.set(self.cdp.max_channel_del_type is not None)
+        self.activity: Callable[[], Activity] = activity or Activity  # asked at each judgement
+        self._adopt: float | None = None  # --adopt-older-than, for the run holding the lock
+        self._unjudged_reported = False
         self._guild_id = guild_id
         self._guild = str(guild_id)
         self._ledger = ledger
@@ -78,7 +94,7 @@ class Reconciler:
             guild_id=guild_id,
             rest=rest,
             ledger=ledger,
-            settings=lambda: self._settings,
+            inputs=self._inputs,
             state_dir=state_dir,
             metrics=metrics,
             clock=clock,
@@ -103,9 +119,10 @@ class Reconciler:
         metrics: Metrics,
         clock: Clock = SYSTEM_CLOCK,
         logger: logging.Logger = _LOG,
+        activity: Callable[[], Activity] | None = None,
         live: LiveChannels | None = None,
     ) -> Reconciler:
-        """A reconciler for the config's guild, limit and `reconcile` section."""
+        """A reconciler for the config's guild, limit, `reconcile` and `cdp` sections."""
         return cls(
             config.reconcile,
             guild_id=config.discord.guild_id,
@@ -116,12 +133,21 @@ class Reconciler:
             metrics=metrics,
             clock=clock,
             logger=logger,
+            cdp=config.cdp,
+            activity=activity,
             live=live,
         )
 
-    def reconfigure(self, settings: ReconcileConfig, *, channel_limit: int | None = None) -> None:
+    def reconfigure(
+        self,
+        settings: ReconcileConfig,
+        channel_limit: int | None = None,
+        cdp: CdpConfig | None = None,
+    ) -> None:
         """Take new settings (config reload); every key applies from the next decision."""
         self._settings = settings
+        self.cdp = cdp or self.cdp
+        self._metrics.cdp_purges_when_full.set(self.cdp.max_channel_del_type is not None)
         if channel_limit is not None:
             self._guild_census.limit = channel_limit
 
@@ -130,6 +156,10 @@ class Reconciler:
     @property
     def settings(self) -> ReconcileConfig:
         return self._settings
+
+    def _inputs(self) -> Inputs:
+        activity = replace(self.activity(), adopt_older_than=self._adopt)
+        return Inputs(self._settings, self.cdp, activity)
 
     @property
     def last_census(self) -> Census | None:
@@ -154,17 +184,8 @@ class Reconciler:
 
     def status(self) -> dict[str, Any]:
         """JSON for /status: `channels` (the census) and `reconcile` (runs)."""
-        last = self._last_report
-        return {
-            "channels": self._guild_census.as_dict(self._clock.time()),
-            "reconcile": {
-                "enabled": self._settings.enabled,
-                "dry_run": self._settings.dry_run,
-                "running": self.running,
-                "last_success": self._last_success,
-                "last_run": None if last is None else run_summary(last),
-            },
-        }
+        runs = run_status(self._settings, self.running, self._last_success, self._last_report)
+        return {"channels": self._guild_census.as_dict(self._clock.time()), "reconcile": runs}
 
     # -- listing and census -----------------------------------------------------------
 
@@ -183,13 +204,16 @@ class Reconciler:
         if channels is None:
             channels = await gc.fetch()
             now = self._clock.time()
+        inputs = self._inputs()
         p = plan(
             channels,
             self._ledger_view(),
-            self._settings,
+            inputs.settings,
             now,
             guild_limit=gc.limit,
             guild_id=self._guild_id,
+            cdp=inputs.cdp,
+            activity=inputs.activity,
         )
         gc.record(p.census)
         return p
@@ -215,14 +239,19 @@ class Reconciler:
             return True, "reconcile.dry_run is true: dry run only" if dry_run is False else None
         return bool(dry_run), None
 
-    async def run(self, *, dry_run: bool | None = None, trigger: str) -> ReconcileReport:
+    async def run(
+        self, *, dry_run: bool | None = None, trigger: str, adopt_older_than: float | None = None
+    ) -> ReconcileReport:
         """List, plan, re-check and delete (or, dry, only report and audit). The config's
-        `dry_run: true` or `enabled: false` force a dry run whatever is asked."""
+        `dry_run: true` or `enabled: false` force a dry run whatever is asked.
+        `adopt_older_than`: also delete channels with messages no rule can judge, older
+        (and idle) that long (`adopted`: the operator confirmed them as leaks)."""
         dry, note = self._effective_dry_run(dry_run)
         current = self._current
-        if current is not None and current[0] == dry and not current[1].done():
+        joinable = adopt_older_than is None and current is not None and current[0] == dry
+        if joinable and current is not None and not current[1].done():
             return await asyncio.shield(current[1])
-        task = asyncio.ensure_future(self._locked(None, dry, trigger, note))
+        task = asyncio.ensure_future(self._locked(None, dry, trigger, note, adopt_older_than))
         task.add_done_callback(_consume_exception)
         self._current = (dry, task)
         # Shielded: a caller that goes away (an HTTP client hanging up) does not cut a run
@@ -239,9 +268,15 @@ class Reconciler:
         return await asyncio.shield(task)
 
     async def _locked(
-        self, given: Plan | None, dry: bool, trigger: str, note: str | None
+        self,
+        given: Plan | None,
+        dry: bool,
+        trigger: str,
+        note: str | None,
+        adopt: float | None = None,
     ) -> ReconcileReport:
         async with self._lock:
+            self._adopt = adopt
             report = ReconcileReport(
                 run_id=uuid.uuid4().hex[:12],
                 trigger=trigger,
@@ -251,22 +286,26 @@ class Reconciler:
             if note:
                 report.notes.append(note)
             try:
-                await self._run(report, given)
+                await self._run(report, given, reuse=LISTING_REUSE if adopt is None else 0.0)
             finally:
+                self._adopt = None
                 self._finish(report)
             return report
 
-    async def _run(self, report: ReconcileReport, given: Plan | None) -> None:
+    async def _run(self, report: ReconcileReport, given: Plan | None, *, reuse: float) -> None:
         p = given
         if p is None:
             try:
-                p = await self.make_plan(reuse=LISTING_REUSE)
+                p = await self.make_plan(reuse=reuse)
             except (DiscordError, StateError) as exc:
                 report.errors.append({"id": None, "name": None, "error": f"listing: {exc}"})
                 self._log.error("reconcile %s: cannot list the guild: %s", report.run_id, exc)
                 return
         self._last_run_at = p.now
-        _fill_from_plan(report, p)
+        fill_from_plan(report, p, purges=self.cdp.max_channel_del_type)
+        if not self._unjudged_reported and p.unjudged:  # old leaks: once, for the operator
+            self._unjudged_reported = True
+            self._log.warning("reconcile: %s", unjudged_message(p))
         state = RunState(report)
         if report.dry_run:
             await self._applier.dry_run(state, p)
@@ -328,6 +367,9 @@ class Reconciler:
             last_census=gc.last,
             settings=s,
             last_run_progress=self._last_run_progress,
+            restart_due=restart_due(
+                () if self._ledger is None else self._ledger.restarts, self.cdp.request_lifetime
+            ),
             # Dry runs delete nothing, so "progress" never comes: don't repeat them fast.
             emergency_retry=s.interval if s.dry_run else s.list_spacing,
         )
@@ -346,18 +388,6 @@ class Reconciler:
         while True:
             await self.step(breaker_state_fn)
             await self._clock.sleep(tick)
-
-
-def _fill_from_plan(report: ReconcileReport, p: Plan) -> None:
-    report.listed = p.census.channels
-    report.emergency = p.emergency
-    report.planned = [a.as_dict() for a in p.actions]
-    report.skipped = [s.as_dict() for s in p.skipped]
-    report.deferred = p.deferred
-    report.not_matching = p.not_matching
-    report.census = p.census.as_dict()
-    if p.emergency:
-        report.notes.append(f"above the high watermark: emergency_min_age {ago(p.min_age)} applies")
 
 
 def _consume_exception(task: asyncio.Task[ReconcileReport]) -> None:

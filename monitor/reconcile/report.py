@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from monitor.config import ReconcileConfig
 from monitor.logs import redact
-from monitor.reconcile.plan import Action
+from monitor.reconcile.plan import Action, Plan, ago
 
 REPORT_LIST_LIMIT = 500  # entries per list in as_dict(), so one answer stays readable
 
@@ -88,6 +89,34 @@ def error_entry(a: Action, text: str) -> dict[str, Any]:
     return {"id": str(a.channel_id), "name": a.name, "error": text}
 
 
+def fill_from_plan(report: ReconcileReport, p: Plan, *, purges: str | None = None) -> None:
+    """The plan's part of a run's report."""
+    report.listed = p.census.channels
+    report.emergency = p.emergency
+    report.planned = [a.as_dict() for a in p.actions]
+    report.skipped = [s.as_dict() for s in p.skipped]
+    report.deferred = p.deferred
+    report.not_matching = p.not_matching
+    report.census = p.census.as_dict()
+    if p.emergency:
+        report.notes.append(f"above the high watermark: emergency_min_age {ago(p.min_age)} applies")
+    if p.emergency and purges is not None:
+        report.notes.append(
+            f"at the limit CDP deletes cdp-chat- channels in use (MAX_CHANNEL_DEL_TYPE={purges})"
+        )
+
+
+def unjudged_message(p: Plan) -> str:
+    """The operator's notice of the channels with messages that no rule can judge."""
+    shown = ", ".join(f"{s.channel_id} ({s.name})" for s in p.unjudged[:20])
+    more = f" and {len(p.unjudged) - 20} more" if len(p.unjudged) > 20 else ""
+    return (
+        f"{len(p.unjudged)} temporary channels with messages that no rule can judge are "
+        f"kept: {shown}{more}. Review them with `cdp-monitor reconcile --adopt-older-than "
+        "DURATION` (a dry run; --yes deletes them, audited)"
+    )
+
+
 def result_of(report: ReconcileReport) -> str:
     """ok, dry_run, partial or error (RECONCILE_RESULTS)."""
     if report.census is None or report.error:  # never listed the guild, or could not audit
@@ -97,6 +126,22 @@ def result_of(report: ReconcileReport) -> str:
     if report.errors:
         return "partial" if report.deleted else "error"
     return "ok"
+
+
+def run_status(
+    settings: ReconcileConfig,
+    running: bool,
+    last_success: float | None,
+    last: ReconcileReport | None,
+) -> dict[str, Any]:
+    """The `reconcile` part of /status."""
+    return {
+        "enabled": settings.enabled,
+        "dry_run": settings.dry_run,
+        "running": running,
+        "last_success": last_success,
+        "last_run": None if last is None else run_summary(last),
+    }
 
 
 def run_summary(report: ReconcileReport) -> dict[str, Any]:
@@ -153,6 +198,7 @@ def _format(report: ReconcileReport) -> str:
     )
     lines.extend(_format_removed(report))
     lines.extend(_format_kept(report))
+    lines.extend(_format_unjudged(report))
     for err in report.errors[:20]:
         lines.append(f"error: {err.get('id') or '-'} {err.get('name') or ''}: {err['error']}")
     return "\n".join(lines)
@@ -178,4 +224,20 @@ def _format_kept(report: ReconcileReport) -> list[str]:
         why[key] = why.get(key, 0) + 1
     lines = ["kept:"]
     lines.extend(f"  {n:>4} x {text}" for text, n in sorted(why.items(), key=lambda kv: -kv[1]))
+    return lines
+
+
+def _format_unjudged(report: ReconcileReport) -> list[str]:
+    """The channels with messages no rule can judge: old leaks, or conversations kept."""
+    unjudged = [s for s in report.skipped if s.get("unjudged")]
+    if not unjudged:
+        return []
+    lines = [f"no rule can judge these {len(unjudged)} channels with messages (kept):"]
+    lines.extend(f"  {s['id']}  {s['name']}  ({s['why']})" for s in unjudged[:50])
+    if len(unjudged) > 50:
+        lines.append(f"  ... and {len(unjudged) - 50} more")
+    lines.append(
+        "  to delete those you confirm are leaks: cdp-monitor reconcile --adopt-older-than "
+        "DURATION (a dry run; add --yes to delete)"
+    )
     return lines

@@ -44,6 +44,12 @@ def forecast(history: Iterable[tuple[float, int]], limit: int, now: float) -> fl
     return exhaustion_seconds([(t, n) for t, n in history if now - t <= GROWTH_WINDOW], limit)
 
 
+def restart_due(restarts: Sequence[float], request_lifetime: float) -> float | None:
+    """When the requests that died with CDP's last restart are all over (a run then
+    deletes their channels); None before any restart."""
+    return restarts[-1] + request_lifetime + 1.0 if restarts else None
+
+
 def next_trigger(
     now: float,
     *,
@@ -54,6 +60,7 @@ def next_trigger(
     settings: ReconcileConfig,
     last_run_progress: bool = False,
     emergency_retry: float | None = None,
+    restart_due: float | None = None,
 ) -> str | None:
     """Why a run is due now, or None.
 
@@ -62,6 +69,8 @@ def next_trigger(
       the settings' `list_spacing`).
     * nothing else unless the breaker is closed, and not within `settle_delay` of closing.
     * `startup`: no run yet.
+    * `cdp_restart`: `restart_due` (when the requests that died with CDP's last restart
+      are over) has come since the last run.
     * `recovery`: after closing, a run is due once `settle_delay` has passed and again once
       `min_age` has passed (the backlog of timed-out creates lands after recovery and only
       becomes old enough to delete later).
@@ -79,6 +88,8 @@ def next_trigger(
         return None
     if last_run_at is None:
         return "startup"
+    if restart_due is not None and now >= restart_due > last_run_at:
+        return "cdp_restart"
     if closed_since is not None:
         for checkpoint in (closed_since + settings.settle_delay, closed_since + settings.min_age):
             if now >= checkpoint > last_run_at:

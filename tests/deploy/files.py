@@ -18,6 +18,7 @@ from monitor.metrics import ACTION_KINDS
 from monitor.reconcile import REASONS as DELETE_REASONS
 from monitor.vocab import (
     BREAKER_STATES,
+    CDP_ERROR_KINDS,
     CDP_FAILURE_REASONS,
     RECONCILE_RESULTS,
     TEMP_CHANNEL_STATES,
@@ -69,6 +70,7 @@ KNOWN_LABEL_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
     ("cdpmon_temp_channels", "state"): TEMP_CHANNEL_STATES,
     ("cdpmon_probe_success", "probe"): tuple(PROBES),
     ("cdpmon_cdp_channel_create_failures_total", "reason"): CDP_FAILURE_REASONS,
+    ("cdpmon_cdp_errors_total", "kind"): CDP_ERROR_KINDS,
     ("cdpmon_reconcile_runs_total", "result"): RECONCILE_RESULTS,
     ("cdpmon_channels_deleted_total", "reason"): DELETE_REASONS,
     ("cdpmon_action_failures_total", "kind"): ACTION_KINDS,

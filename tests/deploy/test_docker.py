@@ -287,7 +287,7 @@ def test_cdps_env_alone_configures_the_monitor(dotenv: dict[str, str], tmp_path:
     assert config.gate.upstream == f"http://{CDP_SERVICE}:{cdp_seen['PORT']}"
     assert config.gate.listen_address.port == 7077
     # CDP deletes finished channels after CHANNEL_AUTO_DEL_TIME; the reconciler allows that.
-    assert config.reconcile.cdp_auto_delete == float(env["CHANNEL_AUTO_DEL_TIME"])
+    assert config.cdp.auto_delete == float(env["CHANNEL_AUTO_DEL_TIME"])
     # The control API stays on the container's loopback without a token.
     assert config.control.token is None
     assert config.control.listen_address.host == "127.0.0.1"
