@@ -128,7 +128,7 @@ class Daemon:
         while True:
             result = await run_probe(name, ctx)
             self.probe_results[name] = result
-            sample = record_probe(result, self.metrics)
+            sample = record_probe(result, self.metrics, self.health)
             if sample is not None:
                 self.health.add_sample(sample)
             if not result.ok:

@@ -15,6 +15,7 @@ from prometheus_client import (
 from monitor import __version__
 from monitor.vocab import (
     BREAKER_STATES,
+    CDP_ERROR_KINDS,
     CDP_FAILURE_REASONS,
     RATELIMIT_SCOPES,
     RECONCILE_RESULTS,
@@ -183,6 +184,23 @@ class Metrics:
             buckets=_GATE_BUCKETS,
             registry=r,
         )
+        self.gate_responses = Counter(
+            "cdpmon_gate_responses",
+            "Answers the gate gave by request kind and HTTP status code",
+            ["kind", "code"],
+            registry=r,
+        )
+        self.cdp_errors = Counter(
+            "cdpmon_cdp_errors",
+            "Channel-creating requests CDP failed for its own reasons (not Discord's), by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.discord_reachable = Gauge(
+            "cdpmon_discord_reachable",
+            "1 once a Discord probe or session has succeeded since start; 0 until then",
+            registry=r,
+        )
         self.gate_fail_open = Gauge(
             "cdpmon_gate_fail_open",
             "1 while the gate forwards creates unchecked because health evaluation is broken",
@@ -201,6 +219,9 @@ class Metrics:
         )
         for reason in CDP_FAILURE_REASONS:
             self.cdp_create_failures.labels(reason=reason)
+        for kind in CDP_ERROR_KINDS:
+            self.cdp_errors.labels(kind=kind)
+        self.discord_reachable.set(0)
 
     def _process(self, r: CollectorRegistry) -> None:
         """Build, config reloads, supervised loops and breaker actions."""

@@ -28,3 +28,23 @@ CDP_FAILURE_REASONS = ("timeout", "channel_limit", "retries_exhausted")
 RECONCILE_RESULTS = ("ok", "partial", "error", "dry_run")
 # "cloudflare": a ban-shaped 429 (no JSON, no Via) from Cloudflare in front of Discord.
 RATELIMIT_SCOPES = ("user", "global", "shared", "cloudflare")
+
+# What CDP's own failures of a channel-creating request are counted as
+# (`cdpmon_cdp_errors_total{kind}`, monitor/gate/attribute.py): never Discord's.
+CDP_ERROR_KINDS = (
+    "no_available_user_auth",
+    "model_not_found",
+    "no_available_bot",
+    "invalid_request",
+    "error_sending_message",
+    "prompt_too_long",
+    "coze_error",
+    "config_error",
+    "image_fetch_failed",
+    "rate_limited",
+    "unauthorized",
+    "other",
+)
+# Kinds of request the gate tells apart (`cdpmon_gate_requests_total{kind}`): a channel
+# create, a thread create (`POST /api/thread/create`, not capped), anything else.
+GATE_REQUEST_KINDS = ("create", "thread", "other")

@@ -101,6 +101,11 @@ def new_health(
         metrics=metrics, logger=logger, environ=environ, actions=config.actions
     )
     effects.attach(health)
+
+    def reachable(_verdict: object) -> None:
+        metrics.discord_reachable.set(1 if health.discord_reached else 0)
+
+    health.verdict_listeners.append(reachable)
     return health, effects
 
 
@@ -155,6 +160,8 @@ def new_gate(
         session=session,
         samples=config.signals.gate,
         ledger=ledger,
+        upstream_timeout=config.upstream_timeout,
+        cdp_create_window=config.cdp.create_window,
     )
 
 

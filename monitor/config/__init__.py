@@ -7,6 +7,7 @@ repr, a dump or an error message.
     fields.py   annotated field types and their validators
     schema.py   the sections and `Config`, with the product's only defaults
     load.py     reading YAML, `${NAME}` expansion, token files, `load_config`
+    sources.py  `CDP_MONITOR_*` variables, CDP's own names and `.env`, provenance
     errors.py   our problems as pydantic errors, and ValidationError → (path, reason)
 
 Import from here; the unit helpers are re-exported for callers that parse values
@@ -15,11 +16,18 @@ the way the config does.
 
 from __future__ import annotations
 
-from monitor.config.load import default_config_path, load_config, parse_config
+from monitor.config.load import (
+    LoadedConfig,
+    default_config_path,
+    load_config,
+    load_config_sources,
+    parse_config,
+)
 from monitor.config.schema import (
     ActionConfig,
     ActionsConfig,
     BreakerConfig,
+    CdpConfig,
     CdpLogConfig,
     CdpProbeConfig,
     Config,
@@ -53,6 +61,7 @@ __all__ = [
     "ActionConfig",
     "ActionsConfig",
     "BreakerConfig",
+    "CdpConfig",
     "CdpLogConfig",
     "CdpProbeConfig",
     "Config",
@@ -63,6 +72,7 @@ __all__ = [
     "GatewayProbeConfig",
     "HealthConfig",
     "HostPort",
+    "LoadedConfig",
     "LogConfig",
     "ProbesConfig",
     "ReconcileConfig",
@@ -73,6 +83,7 @@ __all__ = [
     "format_duration",
     "is_loopback_host",
     "load_config",
+    "load_config_sources",
     "parse_config",
     "parse_duration",
     "parse_size",

@@ -92,6 +92,30 @@ def _ws_url(value: str) -> str:
     return value
 
 
+_PROXY_SCHEMES = ("http", "https", "socks5", "socks5h", "socks4")
+
+
+def _proxy_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        raise problem("must be an http://, https:// or socks5:// URL") from None
+    if parts.scheme.lower() not in _PROXY_SCHEMES or not parts.hostname:
+        raise problem("must be an http://, https:// or socks5:// URL")
+    return value
+
+
+def _never_or_duration(value: Any) -> Any:
+    # `never` (or CDP's 0 / negative) means CDP never deletes its channels.
+    if value is None or (isinstance(value, str) and value.strip().lower() == "never"):
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+        return None
+    seconds = _duration(value)
+    return None if seconds <= 0 else seconds
+
+
 def _non_empty(value: tuple[str, ...]) -> tuple[str, ...]:
     # Not Field(min_length=1): pydantic would also report "too short" when an item is bad.
     if not value:
@@ -208,6 +232,9 @@ HttpUrl = Annotated[str, AfterValidator(_http_url)]
 BaseUrl = Annotated[str, AfterValidator(_base_url)]
 WsUrl = Annotated[str, AfterValidator(_ws_url)]
 Listen = Annotated[str, AfterValidator(_listen)]
+ProxyUrl = Annotated[str, BeforeValidator(_empty_is_none), AfterValidator(_proxy_url)]
+# A duration, or None for `never`.
+NeverOrDuration = Annotated[float | None, BeforeValidator(_never_or_duration)]
 # A regex choosing channels to delete: anchored, and matching no ordinary channel name.
 NamePattern = Annotated[str, AfterValidator(_name_pattern)]
 ResolvedPath = Annotated[Path, AfterValidator(_resolve_path)]

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from monitor.config.errors import field_problems, problem
 from monitor.config.fields import (
@@ -25,9 +25,11 @@ from monitor.config.fields import (
     Listen,
     Lowercase,
     NamePattern,
+    NeverOrDuration,
     Number,
     OptionalToken,
     PositiveDuration,
+    ProxyUrl,
     ResolvedPath,
     Size,
     Snowflake,
@@ -43,6 +45,12 @@ from monitor.units import (
     url_host_port,
 )
 from monitor.vocab import DEFAULT_NAME_PATTERN
+
+CDP_CREATE_ATTEMPTS = 3  # CreateChannelWithRetry (coze-discord-proxy discord/channel.go)
+
+
+def _false_is_off(value: Any) -> Any:
+    return "off" if value is False else value
 
 
 class _Section(BaseModel):
@@ -69,6 +77,30 @@ class DiscordConfig(_Section):
     max_retries: Annotated[Int, Field(ge=0)] = 3
     request_timeout: PositiveDuration = 10.0
     channel_limit: Annotated[Int, Field(ge=1)] = 500
+    # Every Discord request (REST, probes, the gateway) goes through it; None: none, but
+    # the standard proxy environment (HTTPS_PROXY, NO_PROXY, ...) is honoured.
+    proxy: Annotated[ProxyUrl | None, Field(repr=False)] = None
+
+
+class CdpConfig(_Section):
+    """CDP's own settings, as CDP has them (its names fill these in, monitor/config/
+    sources.py). The gate and the reconciler act on them."""
+
+    auto_delete: NeverOrDuration = 5.0  # CHANNEL_AUTO_DEL_TIME; None: never
+    request_timeout: PositiveDuration = 300.0  # REQUEST_OUT_TIME / STREAM_REQUEST_OUT_TIME
+    # CDP's 60 s per creation attempt; lower only to match a time-compressed test CDP.
+    create_attempt_timeout: PositiveDuration = 60.0
+    env_file: ResolvedPath | None = None
+    # YAML reads a bare `off` as false.
+    max_channel_del_type: Annotated[
+        Literal["off", "all", "oldest"], Lowercase, BeforeValidator(_false_is_off)
+    ] = "off"
+    default_channel: bool = False  # DEFAULT_CHANNEL_ENABLE=1: CDP creates no channels
+
+    @property
+    def create_window(self) -> float:
+        """How long CDP may spend creating one request's channel: 3 attempts."""
+        return CDP_CREATE_ATTEMPTS * self.create_attempt_timeout
 
 
 class _TimedProbeConfig(_Section):
@@ -179,9 +211,11 @@ class GateConfig(_Section):
     queue_wait: Duration = 10.0
     create_rate: Annotated[Number, Field(ge=0)] = 0.0
     half_open_trials: Annotated[Int, Field(ge=1)] = 1
-    cdp_default_channel: bool = False
-    max_body: Annotated[Size, Field(ge=1)] = 1024 * 1024
-    upstream_timeout: PositiveDuration = 330.0
+    cdp_default_channel: bool = False  # kept for old configs: cdp.default_channel
+    # Creates only (the rest stream): CDP takes base64 images of any size.
+    max_body: Annotated[Size, Field(ge=1)] = 64 * 1024 * 1024
+    # A floor: the gate waits at least cdp's creation window + cdp.request_timeout.
+    upstream_timeout: PositiveDuration = 480.0
     # Listener limits against slow and idle clients (slowloris, descriptor exhaustion).
     header_timeout: PositiveDuration = 10.0
     body_timeout: PositiveDuration = 60.0
@@ -286,6 +320,7 @@ class Config(_Section):
     """The whole validated configuration. Immutable: reload builds a new one."""
 
     discord: DiscordConfig
+    cdp: CdpConfig = CdpConfig()
     probes: ProbesConfig = ProbesConfig()
     signals: SignalsConfig = SignalsConfig()
     health: HealthConfig = HealthConfig()
@@ -307,6 +342,17 @@ class Config(_Section):
                 ("control.listen", f"is the same address as gate.listen ({self.gate.listen})")
             )
         return self
+
+    @property
+    def upstream_timeout(self) -> float:
+        """How long the gate waits for CDP: never shorter than CDP's creation window plus
+        its reply timeout (DESIGN section 7), whatever `gate.upstream_timeout` says."""
+        return max(self.gate.upstream_timeout, self.cdp.create_window + self.cdp.request_timeout)
+
+    @property
+    def default_channel(self) -> bool:
+        """CDP posts into its default channel and creates none."""
+        return self.cdp.default_channel or self.gate.cdp_default_channel
 
     @property
     def cdp_url(self) -> str:

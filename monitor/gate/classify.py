@@ -23,7 +23,8 @@ import re
 from urllib.parse import unquote_to_bytes
 
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/images/generations"})
-EXPLICIT_CREATE_PATHS = frozenset({"/api/channel/create", "/api/thread/create"})
+THREAD_CREATE_PATH = "/api/thread/create"  # makes a thread: not one of the 500 channels
+EXPLICIT_CREATE_PATHS = frozenset({"/api/channel/create", THREAD_CREATE_PATH})
 
 _FIELD = "CHANNELID"  # the field's name as Go folds it
 # Non-ASCII runes Go's foldRune maps to an ASCII letter (computed over every rune with
@@ -122,3 +123,17 @@ def is_create_request(method: str, path: str, body: bytes, *, cdp_default_channe
     if path not in CHAT_PATHS or cdp_default_channel:
         return False
     return channel_body_creates(body)
+
+
+def request_kind(method: str, path: str, body: bytes, *, cdp_default_channel: bool) -> str:
+    """`create` (a channel), `thread` (`POST /api/thread/create`) or `other`."""
+    if method == "POST" and (path.rstrip("/") or "/") == THREAD_CREATE_PATH:
+        return "thread"
+    if is_create_request(method, path, body, cdp_default_channel=cdp_default_channel):
+        return "create"
+    return "other"
+
+
+def body_inspected(method: str, path: str) -> bool:
+    """Whether the gate must read this request's body to classify it (the rest stream)."""
+    return method == "POST" and (path.rstrip("/") or "/") in (CHAT_PATHS | EXPLICIT_CREATE_PATHS)

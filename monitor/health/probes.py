@@ -21,6 +21,7 @@ from monitor.config import Config
 from monitor.discord.gateway import probe_gateway
 from monitor.discord.rest import DiscordRestClient
 from monitor.errors import DiscordError, DiscordUnauthorized
+from monitor.health.owner import REACH_SOURCES, Health
 from monitor.health.window import Sample, statuspage_ok
 from monitor.httpserve import descriptor_pressure
 from monitor.metrics import Metrics
@@ -230,8 +231,13 @@ async def run_probe(name: str, ctx: ProbeContext) -> ProbeResult:
     )
 
 
-def record_probe(result: ProbeResult, metrics: Metrics) -> Sample | None:
-    """Export a probe result as metrics; return the health sample it contributes, if any."""
+def record_probe(
+    result: ProbeResult, metrics: Metrics, health: Health | None = None
+) -> Sample | None:
+    """Export a probe result as metrics; return the health sample it contributes, if any.
+    A failed Discord probe tells `health` why Discord may be unreachable."""
+    if health is not None and not result.ok and result.probe in REACH_SOURCES:
+        health.note_unreachable(f"{result.probe} probe: {result.detail}")
     metrics.probe_success.labels(probe=result.probe).set(1 if result.ok else 0)
     metrics.probe_duration.labels(probe=result.probe).set(result.duration)
     if result.probe == "gateway":

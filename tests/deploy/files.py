@@ -17,6 +17,7 @@ from monitor.health.probes import PROBES
 from monitor.reconcile import REASONS as DELETE_REASONS
 from monitor.vocab import (
     BREAKER_STATES,
+    CDP_ERROR_KINDS,
     CDP_FAILURE_REASONS,
     RECONCILE_RESULTS,
     TEMP_CHANNEL_STATES,
@@ -68,6 +69,7 @@ KNOWN_LABEL_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
     ("cdpmon_probe_success", "probe"): tuple(PROBES),
     ("cdpmon_cdp_channel_create_failures_total", "reason"): CDP_FAILURE_REASONS,
     ("cdpmon_reconcile_runs_total", "result"): RECONCILE_RESULTS,
+    ("cdpmon_cdp_errors_total", "kind"): CDP_ERROR_KINDS,
     ("cdpmon_channels_deleted_total", "reason"): DELETE_REASONS,
 }
 _METRIC = re.compile(r"\bcdpmon_[a-z0-9_]+")
