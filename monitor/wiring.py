@@ -116,8 +116,12 @@ def probe_context(
     rest: DiscordRestClient,
     clock: Clock = SYSTEM_CLOCK,
     logger: logging.Logger = _LOG,
+    discord: aiohttp.ClientSession | None = None,
 ) -> ProbeContext:
-    return ProbeContext(config=config, session=session, rest=rest, clock=clock, logger=logger)
+    """`session` for CDP and the status page; `discord` for Discord (its proxy)."""
+    return ProbeContext(
+        config=config, session=session, rest=rest, clock=clock, logger=logger, discord=discord
+    )
 
 
 def new_reconciler(
@@ -161,6 +165,7 @@ def new_gate(
         samples=config.signals.gate,
         ledger=ledger,
         upstream_timeout=config.upstream_timeout,
+        default_channel=config.default_channel,
         cdp_create_window=config.cdp.create_window,
     )
 
@@ -180,12 +185,18 @@ def control_app(
 
 
 async def probe_once(
-    config: Config, *, session: aiohttp.ClientSession, clock: Clock = SYSTEM_CLOCK
+    config: Config,
+    *,
+    session: aiohttp.ClientSession,
+    clock: Clock = SYSTEM_CLOCK,
+    discord: aiohttp.ClientSession | None = None,
 ) -> list[ProbeResult]:
-    """Every enabled probe once, without a daemon (no retries: a probe measures)."""
+    """Every enabled probe once, without a daemon (no retries: a probe measures).
+    `discord`: the session for Discord (default: `session`)."""
     metrics = Metrics(CollectorRegistry())
-    rest = new_rest(config, session=session, metrics=metrics, clock=clock, max_retries=0)
-    ctx = probe_context(config, session=session, rest=rest, clock=clock)
+    discord_http = session if discord is None else discord
+    rest = new_rest(config, session=discord_http, metrics=metrics, clock=clock, max_retries=0)
+    ctx = probe_context(config, session=session, rest=rest, clock=clock, discord=discord)
     return [await run_probe(name, ctx) for name in enabled_probes(config)]
 
 

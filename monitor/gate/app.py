@@ -76,6 +76,7 @@ class Gate:
         ledger: Ledger | None = None,
         upstream_timeout: float | None = None,
         cdp_create_window: float = 0.0,
+        default_channel: bool = False,
     ) -> None:
         self.config = config
         self._health = health
@@ -89,6 +90,8 @@ class Gate:
         )
         self.upstream_timeout = upstream_timeout or config.upstream_timeout
         self._create_window = cdp_create_window
+        # CDP posts into its default channel (cdp.default_channel): chats create nothing.
+        self._default_channel = default_channel or config.cdp_default_channel
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=10, sock_read=self.upstream_timeout
         )
@@ -200,7 +203,7 @@ class Gate:
             request.method,
             path,
             body_or_refusal,
-            cdp_default_channel=self.config.cdp_default_channel,
+            cdp_default_channel=self._default_channel,
         )
         if kind != "create":
             return await self._forward(request, body_or_refusal, started, kind=kind, path=path)

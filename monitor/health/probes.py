@@ -57,6 +57,13 @@ class ProbeContext:
     clock: Clock
     logger: logging.Logger
     gateway_url: str | None = None  # learned from GET /gateway when not configured
+    # Discord's own session (through discord.proxy, monitor/discord/transport.py); None:
+    # `session` serves Discord too.
+    discord: aiohttp.ClientSession | None = None
+
+    @property
+    def discord_http(self) -> aiohttp.ClientSession:
+        return self.session if self.discord is None else self.discord
 
     async def resolve_gateway_url(self) -> str:
         if self.config.discord.gateway_url:
@@ -68,7 +75,7 @@ class ProbeContext:
             if self.rest.banned_for > 0:  # the IP is banned from the API: don't ask
                 raise DiscordError(f"GET /gateway: Cloudflare ban for {self.rest.banned_for:.0f}s")
             try:
-                async with self.session.get(
+                async with self.discord_http.get(
                     self.config.discord.api_base.rstrip("/") + "/gateway",
                     timeout=aiohttp.ClientTimeout(total=self.config.probes.gateway.timeout),
                 ) as resp:
@@ -94,7 +101,7 @@ async def gateway_probe(ctx: ProbeContext) -> ProbeResult:
         return ProbeResult(
             "gateway", False, ctx.clock.monotonic() - started, f"GET /gateway: {exc}"
         )
-    result = await probe_gateway(url, session=ctx.session, timeout=timeout, clock=ctx.clock)
+    result = await probe_gateway(url, session=ctx.discord_http, timeout=timeout, clock=ctx.clock)
     if not result.ok and not ctx.config.discord.gateway_url:
         ctx.gateway_url = None  # ask again next time; Discord may have moved the gateway
     detail = "ok" if result.ok else f"{result.outcome} in {result.phase}: {result.error}"
