@@ -306,15 +306,13 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 async def _reconcile_once(path: Path, dry_run: bool) -> int:
-    import aiohttp
-
-    from monitor import USER_AGENT
     from monitor.config import load_config
+    from monitor.discord.transport import discord_session
     from monitor.reconcile import format_report
     from monitor.wiring import reconcile_once
 
     config = load_config(path)
-    async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
+    async with discord_session(config.discord) as session:  # Discord only: its proxy
         report = await reconcile_once(config, dry_run=dry_run, session=session)
     print(format_report(report))
     return EXIT_OK if report.result in ("ok", "dry_run") else EXIT_FAILURE

@@ -24,7 +24,6 @@ from monitor.clock import SYSTEM_CLOCK, Clock
 from monitor.config import Config, load_config
 from monitor.control import Unavailable
 from monitor.discord.rest import DiscordRestClient
-from monitor.discord.transport import discord_session
 from monitor.errors import ConfigError
 from monitor.gate import Gate, new_upstream_session
 from monitor.health.breaker import HealthBreaker
@@ -105,7 +104,6 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._gate_runner: web.AppRunner | None = None
         self._upstream: aiohttp.ClientSession | None = None
-        self._discord: aiohttp.ClientSession | None = None
         self.gate: Gate | None = None
         self.gate_url: str | None = None
 
@@ -224,10 +222,8 @@ class Daemon:
     async def start(self) -> None:
         """Open the session, start the control API, the gate and every loop."""
         self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
-        self._discord = discord_session(self.config.discord)  # through discord.proxy
-        self._rest = new_rest(
+        self._rest = new_rest(  # with Discord's own session (discord.proxy)
             self.config,
-            session=self._discord,
             metrics=self.metrics,
             clock=self.clock,
             logger=self.log,
@@ -235,12 +231,7 @@ class Daemon:
         self._actions = ActionRunner(session=self._session, metrics=self.metrics, logger=self.log)
         self.effects.runner = self._actions
         self._probe_ctx = probe_context(
-            self.config,
-            session=self._session,
-            rest=self._rest,
-            clock=self.clock,
-            logger=self.log,
-            discord=self._discord,
+            self.config, session=self._session, rest=self._rest, clock=self.clock, logger=self.log
         )
         app = control_app(self.config, self, registry=self.registry)
         self._runner, self.control_url = await serve(
@@ -303,10 +294,11 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        for session in (self._upstream, self._session, self._discord):
+        discord = None if self._rest is None else self._rest.session
+        for session in (self._upstream, self._session, discord):
             if session is not None:
                 await session.close()
-        self._upstream = self._session = self._discord = None
+        self._upstream = self._session = None
 
     def reload(self) -> bool:
         """Parse the config file fully, then swap; on error keep the old config."""
@@ -339,10 +331,10 @@ class Daemon:
         set_secrets(config_secrets(new))
         self.health.reconfigure(new)
         self.effects.actions = new.actions
-        if new.discord != old.discord and self._discord is not None:
+        if new.discord != old.discord and self._rest is not None:
             self._rest = new_rest(
                 new,
-                session=self._discord,  # discord.proxy itself is kept until a restart
+                session=self._rest.session,  # discord.proxy itself is kept until a restart
                 metrics=self.metrics,
                 clock=self.clock,
                 logger=self.log,

@@ -16,6 +16,7 @@ from monitor.clock import SYSTEM_CLOCK, Clock
 from monitor.config import CdpLogConfig, Config
 from monitor.control import ControlTarget, build_control_app
 from monitor.discord.rest import DiscordRestClient
+from monitor.discord.transport import discord_session
 from monitor.errors import MonitorError
 from monitor.gate import Gate
 from monitor.health.cdplog import follow_command, follow_file
@@ -45,15 +46,17 @@ def config_secrets(config: Config) -> list[str]:
 def new_rest(
     config: Config,
     *,
-    session: aiohttp.ClientSession,
+    session: aiohttp.ClientSession | None = None,
     metrics: Metrics,
     clock: Clock = SYSTEM_CLOCK,
     logger: logging.Logger = _LOG,
     max_retries: int | None = None,
 ) -> DiscordRestClient:
+    """The REST client; without `session`, on a new session of Discord's own (through
+    `discord.proxy`, monitor/discord/transport.py), which its owner closes."""
     return DiscordRestClient.from_config(
         config.discord,
-        session=session,
+        session=discord_session(config.discord) if session is None else session,
         metrics=metrics,
         clock=clock,
         logger=logger,
@@ -116,12 +119,9 @@ def probe_context(
     rest: DiscordRestClient,
     clock: Clock = SYSTEM_CLOCK,
     logger: logging.Logger = _LOG,
-    discord: aiohttp.ClientSession | None = None,
 ) -> ProbeContext:
-    """`session` for CDP and the status page; `discord` for Discord (its proxy)."""
-    return ProbeContext(
-        config=config, session=session, rest=rest, clock=clock, logger=logger, discord=discord
-    )
+    """`session` for CDP and the status page; Discord's requests use `rest`'s session."""
+    return ProbeContext(config=config, session=session, rest=rest, clock=clock, logger=logger)
 
 
 def new_reconciler(
@@ -196,7 +196,7 @@ async def probe_once(
     metrics = Metrics(CollectorRegistry())
     discord_http = session if discord is None else discord
     rest = new_rest(config, session=discord_http, metrics=metrics, clock=clock, max_retries=0)
-    ctx = probe_context(config, session=session, rest=rest, clock=clock, discord=discord)
+    ctx = probe_context(config, session=session, rest=rest, clock=clock)
     return [await run_probe(name, ctx) for name in enabled_probes(config)]
 
 

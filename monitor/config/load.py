@@ -128,6 +128,7 @@ def _apply_sources(
     if isinstance(env_file_name, str) and env_file_name:
         env_path = Path(env_file_name)
         env_path = env_path if env_path.is_absolute() else base_dir / env_path
+        env_file_name = str(env_path)
         try:
             file_values = sources.read_env_file(env_path)
         except (OSError, UnicodeDecodeError) as exc:

@@ -57,13 +57,11 @@ class ProbeContext:
     clock: Clock
     logger: logging.Logger
     gateway_url: str | None = None  # learned from GET /gateway when not configured
-    # Discord's own session (through discord.proxy, monitor/discord/transport.py); None:
-    # `session` serves Discord too.
-    discord: aiohttp.ClientSession | None = None
 
     @property
     def discord_http(self) -> aiohttp.ClientSession:
-        return self.session if self.discord is None else self.discord
+        """Discord's own session (through `discord.proxy`): the REST client's."""
+        return self.rest.session
 
     async def resolve_gateway_url(self) -> str:
         if self.config.discord.gateway_url:
