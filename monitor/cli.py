@@ -191,9 +191,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from monitor import eventloop
     from monitor.daemon import run_daemon
 
-    asyncio.run(run_daemon(_config_path(args)))
+    eventloop.run(run_daemon(_config_path(args)))  # on uvloop when installed
     return EXIT_OK
 
 
