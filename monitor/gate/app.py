@@ -25,7 +25,7 @@ from prometheus_client import Gauge, Histogram
 
 from monitor.clock import Clock
 from monitor.config import GateConfig
-from monitor.gate.admission import CreateAdmission, Refusal
+from monitor.gate.admission import CreateAdmission, CreateSlot, Refusal
 from monitor.gate.attribute import Attribution
 from monitor.gate.classify import (
     CHAT_PATHS,
@@ -86,7 +86,12 @@ class Gate:
         self._samples = samples
         self._ledger = ledger
         self._admission = CreateAdmission(
-            config, health=health, metrics=metrics, clock=clock, logger=logger
+            config,
+            health=health,
+            metrics=metrics,
+            clock=clock,
+            logger=logger,
+            create_window=cdp_create_window,
         )
         self.upstream_timeout = upstream_timeout or config.upstream_timeout
         self._create_window = cdp_create_window
@@ -122,6 +127,16 @@ class Gate:
             "fail_open_reason": self._admission.fail_open_reason,
             "decisions": dict(self._decisions),
             "max_concurrent_creates": self.config.max_concurrent_creates,
+            # What frees a create slot; without the gateway session, the fallback.
+            "slots": {
+                "released": dict(self._admission.slot_releases),
+                "fallback": "no gateway session: a slot is freed when CDP's answer starts"
+                + (
+                    f" or after CDP's creation window ({w:g}s)"
+                    if (w := self._create_window)
+                    else ""
+                ),
+            },
             # Creates by what their answers said about Discord; CDP's own errors by kind
             # (never Discord's: no health sample).
             "attribution": dict(self._attributed),
@@ -247,10 +262,11 @@ class Gate:
         refusal = await self._admission.acquire()
         if refusal is not None:
             return self._refuse(refusal)
+        slot = self._admission.slot()
         try:
-            return await self._forward(request, body, started, kind="create", path=path)
+            return await self._forward(request, body, started, kind="create", path=path, slot=slot)
         finally:
-            self._admission.release()
+            slot.release()
 
     def _timeout_for(self, request: web.Request) -> aiohttp.ClientTimeout | None:
         """A longer read timeout for a request whose `out-time` header gives CDP more
@@ -271,18 +287,25 @@ class Gate:
         *,
         kind: str,
         path: str,
+        slot: CreateSlot | None = None,
     ) -> web.StreamResponse:
         create = kind == "create"
         self._inflight[kind] += 1
         self._inflight_gauge(kind).inc()
         outcome: Outcome | None = None
-        opened = self._opened if create and self._ledger is not None else None
+
+        def answered(request_id: str | None) -> None:
+            if slot is not None:
+                slot.release("answer")  # CDP answers: its creation is over (DESIGN 7)
+            if request_id and create and self._ledger is not None:
+                self._ledger.opened(request_id, self._clock.time())
+
         try:
             outcome = await self._proxy.forward(
                 request,
                 body,
                 create=path if create else None,
-                on_request_id=opened,
+                on_answer=answered if create else None,
                 timeout=self._timeout_for(request) if kind != "other" else None,
             )
             self._count(kind, outcome.decision)
@@ -294,10 +317,6 @@ class Gate:
             self._duration_histogram(kind).observe(duration)
             if create:
                 self._record_create(outcome, duration)
-
-    def _opened(self, request_id: str) -> None:
-        assert self._ledger is not None
-        self._ledger.opened(request_id, self._clock.time())
 
     def _record_create(self, outcome: Outcome | None, duration: float) -> None:
         """Feed the health window (only on evidence of Discord), count CDP's own errors by

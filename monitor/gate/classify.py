@@ -33,6 +33,8 @@ _FIELD = "CHANNELID"  # the field's name as Go folds it
 _GO_FOLD_TO_ASCII = {"\u212a": "K", "\u017f": "S"}
 _GO_SPACE = " \t\n\r"
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# A path containing none of these needs no decoding and has no ambiguous segment.
+_SLOW_PATH_MARKS = ("%", "\\", "/.", "//", "\x00")
 
 
 class _Object(list[tuple[str, object]]):
@@ -69,6 +71,8 @@ def routed_path(target: str) -> str | None:
     ambiguous and must be refused: not origin-form, dot or empty segments, encoded or
     back slashes, a NUL, a malformed percent escape."""
     path = target.split("?", 1)[0]
+    if path[:1] == "/" and not any(c in path for c in _SLOW_PATH_MARKS):
+        return path  # nothing to decode or normalise: the common case, taken fast
     if not path.startswith("/") or "\\" in path or _BAD_ESCAPE.search(path):
         return None
     lowered = path.lower()
@@ -134,6 +138,9 @@ def request_kind(method: str, path: str, body: bytes, *, cdp_default_channel: bo
     return "other"
 
 
+_INSPECTED = CHAT_PATHS | EXPLICIT_CREATE_PATHS
+
+
 def body_inspected(method: str, path: str) -> bool:
     """Whether the gate must read this request's body to classify it (the rest stream)."""
-    return method == "POST" and (path.rstrip("/") or "/") in (CHAT_PATHS | EXPLICIT_CREATE_PATHS)
+    return method == "POST" and (path.rstrip("/") or "/") in _INSPECTED

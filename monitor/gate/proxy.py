@@ -54,16 +54,19 @@ def error_response(
     return web.json_response(body, status=status, headers=headers)
 
 
-def _drop_set(base: frozenset[str], headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    connection = headers.get("Connection")
-    if not connection:
-        return base
-    return base | {token.strip().lower() for token in connection.split(",")}
+def _strip(out: CIMultiDict[str], drop: frozenset[str], connection: str | None) -> None:
+    # Copy whole (in C), then delete: cheaper per request than filtering item by item.
+    for name in drop:
+        if name in out:
+            del out[name]
+    if connection:  # headers the sender named hop-by-hop (RFC 9110 7.6.1)
+        for token in connection.split(","):
+            out.popall(token.strip(), None)
 
 
 def forward_headers(headers: CIMultiDictProxy[str], remote: str | None) -> CIMultiDict[str]:
-    drop = _drop_set(_DROP_FORWARD, headers)
-    out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    out = CIMultiDict(headers)
+    _strip(out, _DROP_FORWARD, headers.get("Connection"))
     if remote:
         prior = headers.get("X-Forwarded-For")
         out["X-Forwarded-For"] = f"{prior}, {remote}" if prior else remote
@@ -71,8 +74,9 @@ def forward_headers(headers: CIMultiDictProxy[str], remote: str | None) -> CIMul
 
 
 def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    drop = _drop_set(HOP_BY_HOP, headers)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    out = CIMultiDict(headers)
+    _strip(out, HOP_BY_HOP, headers.get("Connection"))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,13 +128,13 @@ class Proxy:
         body: bytes | aiohttp.StreamReader,
         *,
         create: str | None = None,
-        on_request_id: Callable[[str], None] | None = None,
+        on_answer: Callable[[str | None], None] | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> Outcome:
         """Forward `request` with `body` (read whole, or streamed from the client);
         `create` is the routed path of a channel-creating request (its answer is
-        attributed), None for any other; `on_request_id` hears CDP's X-Request-Id as soon
-        as the answer's headers arrive (before its body)."""
+        attributed), None for any other; `on_answer` hears that CDP's answer started, with
+        its X-Request-Id if any, as soon as the headers arrive (before the body)."""
         try:
             upstream = await self._session.request(
                 request.method,
@@ -150,8 +154,8 @@ class Proxy:
             return self._unavailable(exc)
         async with upstream:
             request_id = upstream.headers.get("X-Request-Id")
-            if request_id and on_request_id is not None:
-                on_request_id(request_id)
+            if on_answer is not None:
+                on_answer(request_id)
             length = upstream.content_length
             if length is not None and length <= _BUFFER_MAX:
                 return await self._buffered(upstream, create, request_id)
