@@ -105,7 +105,8 @@ def channel_body_creates(body: bytes) -> bool:
         return False  # an array, string, number or bool: a type error
     channel_id: str | None = None
     for key, value in data:
-        if key != "channelId" and go_fold(key) != _FIELD:
+        # Folding keeps the length: a key of another length never matches.
+        if key != "channelId" and (len(key) != len(_FIELD) or go_fold(key) != _FIELD):
             continue
         if value is None:
             channel_id = None
