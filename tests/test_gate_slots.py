@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ async def test_a_slot_is_freed_when_cdps_answer_starts(
             assert refused == 0
             status = daemon.status()["gate"]["slots"]
             assert status["released"] == {"answer": 30}
-            assert status["fallback"].startswith("no gateway session")
+            assert status["release_on"].startswith("no gateway session")
 
 
 async def test_a_slot_is_freed_when_cdps_creation_window_has_passed(
@@ -130,3 +131,98 @@ async def test_a_slot_is_freed_when_cdps_creation_window_has_passed(
                     conv.cancel()
                 await asyncio.gather(*convs, return_exceptions=True)
             assert daemon.status()["gate"]["slots"]["released"].get("window", 0) >= 2
+
+
+@dataclass
+class ChannelCreated:
+    name: str
+    kind: str = "created"
+
+
+class FakeLive:
+    """Stands in for the gateway session's live guild: CHANNEL_CREATE events on demand."""
+
+    def __init__(self) -> None:
+        self.current = True
+        self._subscribers: list[Callable[[Any], None]] = []
+
+    def subscribe(self, callback: Callable[[Any], None]) -> Callable[[], None]:
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    def created(self, name: str) -> None:
+        for callback in list(self._subscribers):
+            callback(ChannelCreated(name))
+
+
+class ChattyCdp(SlowCdp):
+    """Non-stream chat: creates the channel (an event on the session), then answers only
+    when the conversation ends, so only the channel event can free the slot early."""
+
+    def __init__(self, live: FakeLive) -> None:
+        super().__init__(header_delay=0.0)
+        self.live = live
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        self.started += 1
+        self.creating += 1
+        self.most_creating = max(self.most_creating, self.creating)
+        await asyncio.sleep(0.01)  # CDP's POST /guilds/{id}/channels
+        self.creating -= 1
+        self.live.created(f"cdp-chat-{self.started}")
+        await self.finish.wait()  # Coze answers; CDP sends everything at the end
+        return web.json_response({"choices": []})
+
+
+async def test_with_a_session_the_channel_event_frees_the_slot(
+    discord_sim: DiscordSimulator, tmp_path: Path
+) -> None:
+    live = FakeLive()
+    fake = ChattyCdp(live)
+    async with serving(fake) as upstream:
+        async with gate_on(
+            discord_sim, upstream, tmp_path, {}, max_concurrent_creates=3, queue_wait="10s"
+        ) as daemon:
+            assert daemon.gate is not None and daemon.gate_url is not None
+            daemon.gate.attach_channel_events(live)
+            async with aiohttp.ClientSession() as http:
+                body = {**BODY, "stream": False}
+
+                async def conversation() -> int:
+                    assert daemon.gate_url is not None
+                    async with http.post(daemon.gate_url + CHAT, json=body) as resp:
+                        await resp.read()
+                        return resp.status
+
+                convs = [asyncio.ensure_future(conversation()) for _ in range(30)]
+                await wait_for(lambda: fake.started == 30, what="30 conversations at CDP")
+                fake.finish.set()
+                assert await asyncio.gather(*convs) == [200] * 30
+            assert fake.most_creating <= 3
+            slots = daemon.status()["gate"]["slots"]
+            assert slots["released"] == {"channel": 30}
+            assert slots["release_on"].startswith("gateway session")
+
+
+async def test_no_channel_while_events_flow_is_a_discord_failure(
+    discord_sim: DiscordSimulator, tmp_path: Path
+) -> None:
+    live = FakeLive()
+    fake = SlowCdp(header_delay=30.0)  # CDP stuck creating; no channel ever appears
+    async with serving(fake) as upstream:
+        cdp = {"create_attempt_timeout": "50ms"}
+        async with gate_on(discord_sim, upstream, tmp_path, cdp) as daemon:
+            assert daemon.gate is not None and daemon.gate_url is not None
+            daemon.gate.attach_channel_events(live)
+            async with aiohttp.ClientSession() as http:
+                conv = asyncio.ensure_future(_open_stream(http, daemon.gate_url))
+                await wait_for(
+                    lambda: daemon.status()["gate"]["slots"]["released"].get("window"),
+                    what="the creation window passed",
+                )
+                conv.cancel()
+                await asyncio.gather(conv, return_exceptions=True)
+            assert daemon.status()["gate"]["attribution"]["discord_failed_no_channel"] == 1
+            gate_samples = [s for s in daemon.health.window if s.source == "gate"]
+            assert [s.ok for s in gate_samples] == [False]

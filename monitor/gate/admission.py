@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from monitor.clock import Clock
 from monitor.config import GateConfig
+from monitor.gate.slots import CreateSlot, PendingCreations
 from monitor.health.owner import Admission, Health
 from monitor.metrics import Metrics
 
@@ -41,26 +40,6 @@ _CODES = {
     "refused_paused": "paused",
     "refused_unstable": "discord_unstable",
 }
-
-
-class CreateSlot:
-    """One admitted create's hold on a creation slot (DESIGN section 7: a slot covers the
-    channel's creation, not the conversation). Released once, by whichever comes first:
-    CDP's answer starting, CDP's creation window passing, the request ending (and, with
-    a gateway session, the request's channel appearing)."""
-
-    def __init__(self, release: Callable[[str], None]) -> None:
-        self._release = release
-        self.held = True
-        self.timer: asyncio.Future[None] | None = None
-
-    def release(self, reason: str = "done") -> None:
-        if not self.held:
-            return
-        self.held = False
-        if self.timer is not None and reason != "window":
-            self.timer.cancel()
-        self._release(reason)
 
 
 class RateCap:
@@ -102,18 +81,20 @@ class CreateAdmission:
         create_window: float = 0.0,
     ) -> None:
         self.config = config
-        self._create_window = create_window  # CDP's 3 attempts; 0: no timer
         self._health = health
         self._metrics = metrics
         self._clock = clock
         self._log = logger
         self._slots = asyncio.Semaphore(config.max_concurrent_creates)
+        # create_window: CDP's 3 attempts, the longest a slot is held (0: no limit).
+        self.pending = PendingCreations(
+            clock=clock, window=create_window, release=self._slots.release
+        )
         self._rate = RateCap(config.create_rate, clock)
         self._last_fail_open_log: float | None = None
         self.waiting = 0
         self.fail_open = False
         self.fail_open_reason: str | None = None
-        self.slot_releases: Counter[str] = Counter()  # answer | window | done
 
     def _fail_open_reason(self, now: float) -> str | None:
         if not self._health.machinery_ok(now):
@@ -187,19 +168,8 @@ class CreateAdmission:
         self._slots.release()
 
     def slot(self) -> CreateSlot:
-        """The hold of an acquired slot, freed at the latest after the creation window."""
-        slot = CreateSlot(self._slot_released)
-        if self._create_window > 0:
-            slot.timer = asyncio.ensure_future(self._expire(slot))
-        return slot
-
-    def _slot_released(self, reason: str) -> None:
-        self.slot_releases[reason] += 1
-        self._slots.release()
-
-    async def _expire(self, slot: CreateSlot) -> None:
-        await self._clock.sleep(self._create_window)
-        slot.release("window")
+        """The hold of an acquired slot (monitor/gate/slots.py says what frees it)."""
+        return self.pending.open()
 
     async def _take_slot(self, timeout: float) -> bool:
         """Acquire a create slot within `timeout` seconds of the injected clock."""

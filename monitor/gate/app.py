@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -25,7 +26,7 @@ from prometheus_client import Gauge, Histogram
 
 from monitor.clock import Clock
 from monitor.config import GateConfig
-from monitor.gate.admission import CreateAdmission, CreateSlot, Refusal
+from monitor.gate.admission import CreateAdmission, Refusal
 from monitor.gate.attribute import Attribution
 from monitor.gate.classify import (
     CHAT_PATHS,
@@ -35,6 +36,7 @@ from monitor.gate.classify import (
     routed_path,
 )
 from monitor.gate.proxy import Outcome, Proxy, error_response
+from monitor.gate.slots import ChannelEvents, CreateSlot
 from monitor.health.owner import Health
 from monitor.health.window import Sample
 from monitor.httpserve import ERRORS, LIMITS, BodyTimeout, Limits, read_body
@@ -93,6 +95,7 @@ class Gate:
             logger=logger,
             create_window=cdp_create_window,
         )
+        self._admission.pending.on_missing = self._channel_missing
         self.upstream_timeout = upstream_timeout or config.upstream_timeout
         self._create_window = cdp_create_window
         # CDP posts into its default channel (cdp.default_channel): chats create nothing.
@@ -128,15 +131,7 @@ class Gate:
             "decisions": dict(self._decisions),
             "max_concurrent_creates": self.config.max_concurrent_creates,
             # What frees a create slot; without the gateway session, the fallback.
-            "slots": {
-                "released": dict(self._admission.slot_releases),
-                "fallback": "no gateway session: a slot is freed when CDP's answer starts"
-                + (
-                    f" or after CDP's creation window ({w:g}s)"
-                    if (w := self._create_window)
-                    else ""
-                ),
-            },
+            "slots": self._admission.pending.status(),
             # Creates by what their answers said about Discord; CDP's own errors by kind
             # (never Discord's: no health sample).
             "attribution": dict(self._attributed),
@@ -352,6 +347,19 @@ class Gate:
         self._unattributed[request_id] = kind
         if len(self._unattributed) > _UNATTRIBUTED_KEPT:
             del self._unattributed[next(iter(self._unattributed))]
+
+    def attach_channel_events(self, events: ChannelEvents) -> Callable[[], None]:
+        """Use the daemon's gateway session (its live guild): a slot is freed when the
+        request's channel exists, and a creation window passing with no channel while
+        the guild's events flow is a Discord failure. Returns the detach function."""
+        return self._admission.pending.attach(events)
+
+    def _channel_missing(self) -> None:
+        # CDP spent its whole creation window and no channel appeared, while the session
+        # saw the guild's events: evidence that Discord is not creating channels.
+        self._attributed["discord_failed_no_channel"] += 1
+        if self._samples:
+            self._health.add_sample(Sample("gate", self._clock.time(), False))
 
     def log_creation_failure(self, request_id: str, now: float) -> bool:
         """Hook for CDP's log (monitor/health/cdplog.py events): a log line tying a
