@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from monitor.errors import ControlAPIError, MonitorError
+from monitor.errors import ControlAPIError, MonitorError, PauseNotPersistedError
 from monitor.httpserve import LIMITS, BodyTimeout, Limits, descriptor_pressure, read_body
 from monitor.units import HostPort, is_loopback_host, parse_duration
 
@@ -139,6 +139,9 @@ def _guard(token: str | None, hosts: frozenset[str]) -> Middleware:
             return _error(400, str(exc))
         except Unavailable as exc:
             return _error(503, str(exc))
+        except PauseNotPersistedError as exc:
+            # In force now, lost on a restart: the caller must hear it, not get a 200.
+            return _error(500, str(exc))
         except web.HTTPException as exc:
             return _error(exc.status, exc.reason)
         except (ConnectionError, aiohttp.ClientPayloadError):

@@ -24,6 +24,7 @@ from monitor.clock import SYSTEM_CLOCK, Clock
 from monitor.config import Config, load_config
 from monitor.control import Unavailable
 from monitor.discord.rest import DiscordRestClient
+from monitor.discord.session_watch import GuildWatch
 from monitor.errors import ConfigError
 from monitor.gate import Gate, new_upstream_session
 from monitor.health.breaker import HealthBreaker
@@ -48,6 +49,7 @@ from monitor.wiring import (
     cdplog_lines,
     config_secrets,
     control_app,
+    keep_fixed,
     new_gate,
     new_health,
     new_reconciler,
@@ -57,8 +59,6 @@ from monitor.wiring import (
 )
 
 SHUTDOWN_BOUND = 4.0  # seconds; SIGTERM must finish well inside systemd's stop timeout
-# Built once at start (listeners, loops, log handler): a reload keeps the running values.
-FIXED_ON_RELOAD = ("control", "state_dir", "gate", "signals", "log")
 
 
 class Daemon:
@@ -91,6 +91,14 @@ class Daemon:
             state_dir=self.state_dir,
             logger=logger,
             environ=self.environ,
+        )
+        self.watch = GuildWatch(
+            config,
+            health=self.health,
+            metrics=self.metrics,
+            state_dir=self.state_dir,
+            clock=clock,
+            logger=logger,
         )
         self.reconciler: Reconciler | None = None
         self.supervisor = Supervisor(metrics=self.metrics, logger=logger, clock=clock)
@@ -182,6 +190,7 @@ class Daemon:
                 if self.reconciler is not None
                 else {"channels": None, "reconcile": None}
             ),
+            "gateway_session": self.watch.status(self.clock.time()),
             "gate": None if self.gate is None else self.gate.status(),
             "discord": {"token_invalid": self._rest.token_invalid if self._rest else False},
             "loops": self.supervisor.status(),
@@ -206,6 +215,11 @@ class Daemon:
         report = await self.reconciler.run(dry_run=dry_run, trigger="api")
         return report.as_dict()
 
+    def _new_rest(self, config: Config, session: aiohttp.ClientSession | None) -> DiscordRestClient:
+        return new_rest(
+            config, session=session, metrics=self.metrics, clock=self.clock, logger=self.log
+        )
+
     def _new_reconciler(self, config: Config) -> Reconciler:
         return new_reconciler(
             config,
@@ -215,6 +229,7 @@ class Daemon:
             metrics=self.metrics,
             clock=self.clock,
             logger=self.log,
+            live=self.watch.live,
         )
 
     # -- lifecycle ------------------------------------------------------------------
@@ -222,12 +237,7 @@ class Daemon:
     async def start(self) -> None:
         """Open the session, start the control API, the gate and every loop."""
         self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
-        self._rest = new_rest(  # with Discord's own session (discord.proxy)
-            self.config,
-            metrics=self.metrics,
-            clock=self.clock,
-            logger=self.log,
-        )
+        self._rest = self._new_rest(self.config, None)  # on Discord's own session (its proxy)
         self._actions = ActionRunner(session=self._session, metrics=self.metrics, logger=self.log)
         self.effects.runner = self._actions
         self._probe_ctx = probe_context(
@@ -239,6 +249,7 @@ class Daemon:
         )
         if self.config.gate.enabled:
             await self._start_gate()
+        self.watch.start(self.supervisor, rest=self._rest, http=self._rest.session)
         self._start_loops()
 
     def _start_loops(self) -> None:
@@ -266,6 +277,7 @@ class Daemon:
             logger=self.log,
             session=self._upstream,
             ledger=self.ledger,
+            live=self.watch.live,
         )
         self._gate_runner, self.gate_url = await serve(
             self.gate.app(), "gate.listen", self.config.gate.listen_address
@@ -298,7 +310,7 @@ class Daemon:
         for session in (self._upstream, self._session, discord):
             if session is not None:
                 await session.close()
-        self._upstream = self._session = None
+        self._upstream = self._session = None  # the REST client's goes with it
 
     def reload(self) -> bool:
         """Parse the config file fully, then swap; on error keep the old config."""
@@ -310,20 +322,10 @@ class Daemon:
             self.metrics.config_last_reload_successful.set(0)
             self.log.error("reload failed, keeping the running config:\n%s", exc)
             return False
-        self._swap(self._keep_fixed(self.config, new))
+        self._swap(keep_fixed(self.config, new, self.log))
         self.metrics.config_last_reload_successful.set(1)
         self.log.info("configuration reloaded from %s", self.config_path)
         return True
-
-    def _keep_fixed(self, old: Config, new: Config) -> Config:
-        """`new` with the keys that need a restart kept at their running values (said
-        in the log, rather than claiming a change that did not happen)."""
-        for key in FIXED_ON_RELOAD:
-            if getattr(old, key) != getattr(new, key):
-                self.log.warning("reload: %s changed; it takes effect after a restart", key)
-        if enabled_probes(old) != enabled_probes(new):
-            self.log.warning("reload: the set of enabled probes takes effect after a restart")
-        return new.model_copy(update={key: getattr(old, key) for key in FIXED_ON_RELOAD})
 
     def _swap(self, new: Config) -> None:
         """Hand a validated config to every running component."""
@@ -332,17 +334,12 @@ class Daemon:
         self.health.reconfigure(new)
         self.effects.actions = new.actions
         if new.discord != old.discord and self._rest is not None:
-            self._rest = new_rest(
-                new,
-                session=self._rest.session,  # discord.proxy itself is kept until a restart
-                metrics=self.metrics,
-                clock=self.clock,
-                logger=self.log,
-            )
+            self._rest = self._new_rest(new, self._rest.session)  # discord.proxy: at start
             if self.reconciler is not None:
                 self.reconciler = self._new_reconciler(new)  # the loop takes it on its next pass
         elif self.reconciler is not None:
             self.reconciler.reconfigure(new.reconcile, channel_limit=new.discord.channel_limit)
+        self.watch.reconfigure(new, rest=self.rest)
         self.config = new
         if self._probe_ctx is not None:
             self._probe_ctx.config = new

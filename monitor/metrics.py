@@ -19,6 +19,7 @@ from monitor.vocab import (
     CDP_FAILURE_REASONS,
     RATELIMIT_SCOPES,
     RECONCILE_RESULTS,
+    SESSION_END_REASONS,
 )
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -54,12 +55,50 @@ class Metrics:
         self.probe_duration = Gauge(
             "cdpmon_probe_duration_seconds", "Duration of the last probe run", ["probe"], registry=r
         )
+        self._session(r)
         self.gateway_latency = Gauge(
             "cdpmon_gateway_latency_seconds",
             "Gateway probe latency of the last run by phase",
             ["phase"],
             registry=r,
         )
+
+    def _session(self, r: CollectorRegistry) -> None:
+        """The daemon's own gateway session."""
+        self.gateway_heartbeat_latency = Gauge(
+            "cdpmon_gateway_heartbeat_latency_seconds",
+            "Latency of the session's last heartbeat ACK",
+            registry=r,
+        )
+        self.gateway_session_enabled = Gauge(
+            "cdpmon_gateway_session_enabled",
+            "1 if discord.gateway_session.enabled",
+            registry=r,
+        )
+        self.gateway_session_up = Gauge(
+            "cdpmon_gateway_session_up", "1 while the gateway session is ready", registry=r
+        )
+        self.gateway_identifies = Counter(
+            "cdpmon_gateway_identifies", "IDENTIFYs sent by the gateway session", registry=r
+        )
+        self.gateway_resumes = Counter(
+            "cdpmon_gateway_resumes", "RESUMEs that Discord confirmed (RESUMED)", registry=r
+        )
+        self.gateway_reconnects = Counter(
+            "cdpmon_gateway_reconnects",
+            "Gateway session connections that ended, by why",
+            ["reason"],
+            registry=r,
+        )
+        self.gateway_identify_blocked = Gauge(
+            "cdpmon_gateway_identify_blocked",
+            "1 while the session may not IDENTIFY (budget) and the daemon falls back to REST",
+            registry=r,
+        )
+        for reason in SESSION_END_REASONS:
+            self.gateway_reconnects.labels(reason=reason)
+        self.gateway_session_up.set(0)
+        self.gateway_identify_blocked.set(0)
 
     def _health(self, r: CollectorRegistry) -> None:
         """The health window's ratios, the breaker and the manual pause."""
@@ -149,6 +188,24 @@ class Metrics:
         self.guild_channel_exhaustion = Gauge(
             "cdpmon_guild_channel_exhaustion_seconds",
             "Seconds until the channel limit at the recent growth rate (+Inf if not growing)",
+            ["guild"],
+            registry=r,
+        )
+        self.guild_channel_creates_24h = Gauge(
+            "cdpmon_guild_channel_creates_24h",
+            "Channel creations in the guild over the last 24 h",
+            ["guild"],
+            registry=r,
+        )
+        self.guild_channel_create_limit_daily = Gauge(
+            "cdpmon_guild_channel_create_limit_daily",
+            "Daily channel-creation cap (discord.daily_create_limit; 0: off)",
+            ["guild"],
+            registry=r,
+        )
+        self.guild_channel_create_cap_seconds = Gauge(
+            "cdpmon_guild_channel_create_cap_seconds",
+            "Seconds until the daily creation cap at the last hour's rate (+Inf if not near)",
             ["guild"],
             registry=r,
         )

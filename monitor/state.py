@@ -1,4 +1,5 @@
-"""The state directory: the manual pause, the breaker's history and the audit log.
+"""The state directory: the manual pause, the breaker's history, the audit log, the
+gateway session's IDENTIFY times and the guild's channel creations of the last 24 h.
 
 Every JSON file is replaced atomically (temp file in the same directory, fsync, rename,
 fsync of the directory), so a crash leaves either the old or the new version. Loading is
@@ -32,6 +33,8 @@ from monitor.vocab import MACHINE_STATES
 PAUSE_FILE = "pause.json"
 BREAKER_FILE = "breaker.json"
 AUDIT_FILE = "audit.jsonl"
+IDENTIFIES_FILE = "gateway_identifies.json"
+CREATIONS_FILE = "channel_creations.json"
 
 
 _T = TypeVar("_T")
@@ -290,6 +293,34 @@ class StateDir:
         except ValueError as e:
             self._log.warning("state file %s has unexpected content, resetting it: %s", name, e)
             return None
+
+    # -- gateway session: own IDENTIFYs and the guild's creations (each of 24 h) -------
+
+    def load_identifies(self) -> list[float]:
+        """When the daemon IDENTIFYed (a restart must not reset the daily budget)."""
+        obj = self.read_json(IDENTIFIES_FILE)
+        items = obj.get("identifies") if isinstance(obj, dict) else None
+        if not isinstance(items, list):
+            return []
+        return [float(t) for t in items if isinstance(t, int | float) and not isinstance(t, bool)]
+
+    def save_identifies(self, times: list[float]) -> None:
+        self.write_json(IDENTIFIES_FILE, {"identifies": times})
+
+    def load_creations(self) -> dict[str, float]:
+        """Channel id -> creation time, for the guild's creations of the last 24 h."""
+        obj = self.read_json(CREATIONS_FILE)
+        items = obj.get("creations") if isinstance(obj, dict) else None
+        if not isinstance(items, dict):
+            return {}
+        return {
+            str(k): float(v)
+            for k, v in items.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+
+    def save_creations(self, creations: dict[str, float]) -> None:
+        self.write_json(CREATIONS_FILE, {"creations": creations})
 
     # -- audit log --------------------------------------------------------------------
 

@@ -48,3 +48,11 @@ CDP_ERROR_KINDS = (
 # Kinds of request the gate tells apart (`cdpmon_gate_requests_total{kind}`): a channel
 # create, a thread create (`POST /api/thread/create`, not capped), anything else.
 GATE_REQUEST_KINDS = ("create", "thread", "other")
+# Why a gateway session connection ended (`cdpmon_gateway_reconnects_total{reason}`).
+SESSION_END_REASONS = (
+    "reconnect",
+    "invalid_session",
+    "heartbeat_timeout",
+    "closed",
+    "connect_failed",
+)

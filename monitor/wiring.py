@@ -16,6 +16,7 @@ from monitor.clock import SYSTEM_CLOCK, Clock
 from monitor.config import CdpLogConfig, Config
 from monitor.control import ControlTarget, build_control_app
 from monitor.discord.rest import DiscordRestClient
+from monitor.discord.session_live import LiveGuild
 from monitor.discord.transport import discord_session
 from monitor.errors import MonitorError
 from monitor.gate import Gate
@@ -32,6 +33,8 @@ from monitor.state import StateDir
 from monitor.units import HostPort, url_for
 
 _LOG = logging.getLogger("cdp-monitor")
+# Built once at start (listeners, loops, log handler): a reload keeps the running values.
+FIXED_ON_RELOAD = ("control", "state_dir", "gate", "signals", "log")
 _RECONCILE_LOG = logging.getLogger("monitor.reconcile")
 
 
@@ -41,6 +44,17 @@ def config_secrets(config: Config) -> list[str]:
     if config.control.token is not None:
         secrets.append(config.control.token.get_secret_value())
     return secrets
+
+
+def keep_fixed(old: Config, new: Config, logger: logging.Logger) -> Config:
+    """`new` with the keys that need a restart kept at their running values (said in the
+    log, rather than claiming a change that did not happen)."""
+    for key in FIXED_ON_RELOAD:
+        if getattr(old, key) != getattr(new, key):
+            logger.warning("reload: %s changed; it takes effect after a restart", key)
+    if enabled_probes(old) != enabled_probes(new):
+        logger.warning("reload: the set of enabled probes takes effect after a restart")
+    return new.model_copy(update={key: getattr(old, key) for key in FIXED_ON_RELOAD})
 
 
 def new_rest(
@@ -133,6 +147,7 @@ def new_reconciler(
     metrics: Metrics,
     clock: Clock = SYSTEM_CLOCK,
     logger: logging.Logger = _LOG,
+    live: LiveGuild | None = None,
 ) -> Reconciler:
     return Reconciler.from_config(
         config,
@@ -142,6 +157,7 @@ def new_reconciler(
         metrics=metrics,
         clock=clock,
         logger=logger,
+        live=live,
     )
 
 
@@ -154,8 +170,11 @@ def new_gate(
     logger: logging.Logger,
     session: aiohttp.ClientSession,
     ledger: RequestLedger | None,
+    live: LiveGuild | None = None,
 ) -> Gate:
-    return Gate(
+    """The gate; with `live` and the gateway session on, create slots are freed by the
+    session's channel events (monitor/gate/slots.py)."""
+    gate = Gate(
         config.gate,
         health=health,
         metrics=metrics,
@@ -168,6 +187,9 @@ def new_gate(
         default_channel=config.default_channel,
         cdp_create_window=config.cdp.create_window,
     )
+    if live is not None and config.discord.gateway_session.enabled:
+        gate.attach_channel_events(live)
+    return gate
 
 
 def control_app(

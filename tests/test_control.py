@@ -116,3 +116,22 @@ async def test_bad_bodies_get_400_json(
 def test_loopback_detection() -> None:
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("127.8.9.10")
     assert not _is_loopback("10.0.0.5") and not _is_loopback(None) and not _is_loopback("x")
+
+
+async def test_a_pause_that_cannot_be_saved_is_an_error_not_a_200(
+    daemon: Daemon, client: TestClient[Any, Any]
+) -> None:
+    # Red team: with the state dir unwritable, /pause answered 200 and a restart lost it.
+    state_dir = daemon.config.state_dir
+    state_dir.parent.mkdir(parents=True, exist_ok=True)
+    if state_dir.exists():
+        for child in state_dir.iterdir():
+            child.unlink()
+        state_dir.rmdir()
+    state_dir.write_text("not a directory")  # every write into it fails, even as root
+    resp = await client.post("/pause", json={"reason": "maintenance"}, headers=AUTH)
+    assert resp.status == 500
+    assert "a restart would lose the pause" in (await resp.json())["error"]
+    status = await (await client.get("/status", headers=AUTH)).json()
+    assert status["breaker"]["state"] == "forced_open"
+    assert status["paused"]["persisted"] is False

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 from monitor.daemon import Daemon
 from monitor.sim.discord import DiscordSimulator
 from tests.helpers.daemon import fast_config, running_daemon
+from tests.helpers.sim import put_faults
 from tests.helpers.wait import wait_for
 
 BAN_SECONDS = 2  # the ban's Retry-After; the daemon must sit it out, then resume
@@ -138,3 +139,38 @@ async def test_daemon_sits_out_a_ban_with_one_request_per_route(tmp_path: Path) 
                 )
     finally:
         await sim.stop()
+
+
+async def test_daemon_under_the_simulators_cloudflare_ban_fault(
+    discord_sim: DiscordSimulator, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # The same, with the simulator's own ban (`cloudflare_ban_s`): each route is answered
+    # 429 `error code: 1015` at most once while the ban lasts, then calls resume.
+    config = fast_config(
+        discord_sim,
+        tmp_path / "state",
+        reconcile={"enabled": True, "census_interval": "100ms"},
+    )
+    async with running_daemon(config) as daemon:
+        await wait_for(daemon.ready, what="ready")
+        before = Counter(discord_sim.state.requests)
+        await put_faults(http, discord_sim, rest={"cloudflare_ban_s": BAN_SECONDS})
+        await wait_for(lambda: daemon.rest.banned_for > 0, what="the ban")
+        await wait_for(lambda: daemon.rest.banned_for == 0, what="the end of the ban")
+        await wait_for(
+            lambda: (
+                discord_sim.state.requests[("GET /gateway/bot", 200)]
+                > before[("GET /gateway/bot", 200)]
+            ),
+            what="a REST call after the ban",
+        )
+        banned = {
+            route: n - before[(route, status)]
+            for (route, status), n in discord_sim.state.requests.items()
+            if status == 429 and n > before[(route, status)]
+        }
+        assert banned and max(banned.values()) == 1, banned
+        counted = daemon.metrics.registry.get_sample_value(
+            "cdpmon_discord_ratelimited_total", {"scope": "cloudflare"}
+        )
+        assert counted == sum(banned.values())

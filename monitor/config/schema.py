@@ -67,6 +67,16 @@ class _Section(BaseModel):
 # Sections
 
 
+class GatewaySessionConfig(_Section):
+    """The daemon's own gateway session (live channels, daily creations, heartbeats)."""
+
+    enabled: bool = True
+    identify_reserve: Annotated[Int, Field(ge=0)] = 100
+    max_identifies_per_day: Annotated[Int, Field(ge=1)] = 20
+    compress: bool = False
+    resync_interval: PositiveDuration = 1800.0
+
+
 class DiscordConfig(_Section):
     token: BotToken
     token_file: ResolvedPath | None = None  # where `token` was read from, if anywhere
@@ -77,6 +87,8 @@ class DiscordConfig(_Section):
     max_retries: Annotated[Int, Field(ge=0)] = 3
     request_timeout: PositiveDuration = 10.0
     channel_limit: Annotated[Int, Field(ge=1)] = 500
+    daily_create_limit: Annotated[Int, Field(ge=0)] = 500  # 0: off
+    gateway_session: GatewaySessionConfig = GatewaySessionConfig()
     # Every Discord request (REST, probes, the gateway) goes through it; None: none, but
     # the standard proxy environment (HTTPS_PROXY, NO_PROXY, ...) is honoured.
     proxy: Annotated[ProxyUrl | None, Field(repr=False)] = None

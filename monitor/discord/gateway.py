@@ -14,14 +14,11 @@ from typing import Any, Literal
 import aiohttp
 
 from monitor.clock import SYSTEM_CLOCK, Clock
+from monitor.discord.session_proto import OP_HEARTBEAT, OP_HEARTBEAT_ACK, OP_HELLO, connect_url
 
 Outcome = Literal["ok", "timeout", "refused", "closed", "protocol_error"]
 Phase = Literal["connect", "hello", "heartbeat_ack"]
 
-OP_HEARTBEAT = 1
-OP_HELLO = 10
-OP_HEARTBEAT_ACK = 11
-_QUERY = "/?v=10&encoding=json"
 # Cleanup after a failure gets at least this long even when the probe's budget is
 # spent, so the connection is closed politely instead of leaked.
 _MIN_CLOSE_GRACE = 0.1
@@ -97,7 +94,7 @@ class _Progress:
 
 
 def gateway_connect_url(url: str) -> str:
-    return url.rstrip("/") + _QUERY
+    return connect_url(url, compress=False)
 
 
 async def probe_gateway(

@@ -1,7 +1,11 @@
 """The guild's listing and census: the one listing request (cached briefly, its last
 attempt remembered for pacing), the census history behind the exhaustion forecast, and
 the guild gauges. The pacing intervals themselves come from the reconciler's current
-settings on every call, so a reload applies at once."""
+settings on every call, so a reload applies at once.
+
+With the gateway session's live state attached, the census is taken from it while it
+is current; a REST listing runs only when the live state asks for one (at start, after
+a gap in the events, at its slow re-sync) and is handed back to it."""
 
 from __future__ import annotations
 
@@ -27,6 +31,20 @@ class ChannelsAPI(Protocol):
     async def delete_channel(self, channel_id: int | str) -> Any: ...
 
 
+class LiveChannels(Protocol):
+    """The gateway session's live channels (monitor.discord.session_live.LiveGuild)."""
+
+    def needs_listing(self, now: float) -> bool: ...
+
+    def channels(self) -> list[dict[str, Any]]: ...
+
+    def snapshot_loaded(self, channels: list[Any], now: float, source: Any) -> None: ...
+
+    def publish(self, now: float) -> None: ...
+
+    def status(self, now: float) -> dict[str, Any]: ...
+
+
 class GuildCensus:
     """One guild's listing, census and forecast (wall-clock times from `clock`)."""
 
@@ -38,8 +56,11 @@ class GuildCensus:
         rest: ChannelsAPI,
         metrics: Metrics,
         clock: Clock,
+        live: LiveChannels | None = None,
     ) -> None:
         self._guild_id = guild_id
+        self.live = live
+        self.source = "rest"  # where the last listing came from
         self._guild = str(guild_id)
         self._rest = rest
         self._metrics = metrics
@@ -62,8 +83,16 @@ class GuildCensus:
         self._metrics.guild_channel_limit.labels(guild=self._guild).set(value)
 
     async def fetch(self) -> list[Any]:
-        """List the guild (one request); the answer is kept for `recent_listing`."""
-        self.last_attempt = self._clock.time()
+        """List the guild (one request, unless the live state is current); the answer is
+        kept for `recent_listing`."""
+        now = self._clock.time()
+        if self.live is not None and not self.live.needs_listing(now):
+            channels: list[Any] = self.live.channels()
+            self.live.publish(now)
+            self.source, self.last_failed = "gateway", False
+            self._listing = (now, channels)
+            return channels
+        self.last_attempt = now
         self.last_failed = True
         channels = await self._rest.list_guild_channels(self._guild_id)
         if not isinstance(channels, list):
@@ -73,7 +102,10 @@ class GuildCensus:
                 method="GET",
             )
         self.last_failed = False
+        self.source = "rest"
         self._listing = (self._clock.time(), channels)
+        if self.live is not None:
+            self.live.snapshot_loaded(channels, self._clock.time(), "rest")
         return channels
 
     def recent_listing(self, now: float, reuse: float) -> list[Any] | None:
@@ -128,4 +160,8 @@ class GuildCensus:
         out = self.last.as_dict()
         seconds = self.exhaustion(now)
         out["exhaustion_seconds"] = seconds if math.isfinite(seconds) else None
+        out["source"] = self.source
+        out["age_seconds"] = max(0.0, now - self.last.at)
+        if self.live is not None:
+            out["live"] = self.live.status(now)
         return out

@@ -20,7 +20,7 @@ from monitor.errors import DiscordError, MonitorError, StateError
 from monitor.ledger import LedgerView, RequestLedger
 from monitor.metrics import Metrics
 from monitor.reconcile.apply import Applier
-from monitor.reconcile.census import ChannelsAPI, GuildCensus
+from monitor.reconcile.census import ChannelsAPI, GuildCensus, LiveChannels
 from monitor.reconcile.plan import Census, Plan, ago, plan
 from monitor.reconcile.report import ReconcileReport, RunState, result_of, run_summary
 from monitor.reconcile.triggers import next_trigger
@@ -57,6 +57,7 @@ class Reconciler:
         clock: Clock = SYSTEM_CLOCK,
         logger: logging.Logger = _LOG,
         concurrency: int = DEFAULT_CONCURRENCY,
+        live: LiveChannels | None = None,
     ) -> None:
         self._settings = settings
         self._guild_id = guild_id
@@ -66,7 +67,12 @@ class Reconciler:
         self._clock = clock
         self._log = logger
         self._guild_census = GuildCensus(
-            guild_id=guild_id, channel_limit=channel_limit, rest=rest, metrics=metrics, clock=clock
+            guild_id=guild_id,
+            channel_limit=channel_limit,
+            rest=rest,
+            metrics=metrics,
+            clock=clock,
+            live=live,
         )
         self._applier = Applier(
             guild_id=guild_id,
@@ -97,6 +103,7 @@ class Reconciler:
         metrics: Metrics,
         clock: Clock = SYSTEM_CLOCK,
         logger: logging.Logger = _LOG,
+        live: LiveChannels | None = None,
     ) -> Reconciler:
         """A reconciler for the config's guild, limit and `reconcile` section."""
         return cls(
@@ -109,6 +116,7 @@ class Reconciler:
             metrics=metrics,
             clock=clock,
             logger=logger,
+            live=live,
         )
 
     def reconfigure(self, settings: ReconcileConfig, *, channel_limit: int | None = None) -> None:
