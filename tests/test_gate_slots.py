@@ -66,10 +66,16 @@ async def serving(fake: SlowCdp) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def gate_on(
-    sim: DiscordSimulator, upstream: str, tmp_path: Path, cdp: dict[str, Any], **gate: Any
+    sim: DiscordSimulator,
+    upstream: str,
+    tmp_path: Path,
+    cdp: dict[str, Any],
+    session: bool = True,
+    **gate: Any,
 ) -> AsyncIterator[Daemon]:
     gate = {"enabled": True, "listen": "127.0.0.1:0", "upstream": upstream, **gate}
-    config = fast_config(sim, tmp_path / "state", gate=gate, cdp=cdp)
+    discord = {"gateway_session": {"enabled": session}}
+    config = fast_config(sim, tmp_path / "state", gate=gate, cdp=cdp, discord=discord)
     async with running_daemon(config) as daemon:
         await wait_for(lambda: daemon.health.discord_reached, what="Discord reached")
         yield daemon
@@ -87,7 +93,13 @@ async def test_a_slot_is_freed_when_cdps_answer_starts(
     fake = SlowCdp(header_delay=0.05)
     async with serving(fake) as upstream:
         async with gate_on(
-            discord_sim, upstream, tmp_path, {}, max_concurrent_creates=3, queue_wait="10s"
+            discord_sim,
+            upstream,
+            tmp_path,
+            {},
+            session=False,  # the fallback: no gateway session of the daemon's own
+            max_concurrent_creates=3,
+            queue_wait="10s",
         ) as daemon:
             assert daemon.gate_url is not None
             async with aiohttp.ClientSession() as http:

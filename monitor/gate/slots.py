@@ -109,9 +109,10 @@ class PendingCreations:
 
     def status(self) -> dict[str, Any]:
         if self.events is not None:
-            how = "gateway session: a slot is freed when the request's channel exists"
+            how = "gateway session: a slot is freed when the request's channel exists,"
         else:
-            how = "no gateway session: a slot is freed when CDP's answer starts"
+            how = "no gateway session: a slot is freed"
+        how += " when CDP's answer starts"
         if self.window:
             how += f" or after CDP's creation window ({self.window:g}s)"
         return {"pending": len(self._held), "released": dict(self.releases), "release_on": how}
