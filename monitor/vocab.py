@@ -56,3 +56,6 @@ SESSION_END_REASONS = (
     "closed",
     "connect_failed",
 )
+# Words API gateways in front (one-api, new-api) read as "disable this channel": never in
+# a refusal of ours (DESIGN section 7), nor statuses 401, 403, 504, 524.
+GATEWAY_TRIGGER_WORDS = ("quota", "balance", "credit", "permission")

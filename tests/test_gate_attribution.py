@@ -220,3 +220,19 @@ async def test_max_body_caps_creates_only_other_bodies_stream(
             async with http.post(daemon.gate_url + CHAT, data=big) as resp:
                 assert resp.status == 413
         assert len(fake.sizes) == 1
+
+
+async def test_refusals_never_use_words_or_statuses_that_disable_a_channel(
+    daemon: Daemon,
+) -> None:
+    from monitor.vocab import GATEWAY_TRIGGER_WORDS
+
+    await daemon.pause(600, "quota and balance check")
+    assert daemon.gate_url is not None
+    async with aiohttp.ClientSession() as http:
+        async with http.post(daemon.gate_url + CHAT, json=CREATE_BODY) as resp:
+            body = await resp.text()
+            assert resp.status == 503 and resp.status not in (401, 403, 504, 524)
+    error = json.loads(body)["error"]
+    assert error["code"] == "paused"
+    assert not any(word in body.lower() for word in GATEWAY_TRIGGER_WORDS), body

@@ -16,6 +16,7 @@ from monitor.config import GateConfig
 from monitor.gate.slots import CreateSlot, PendingCreations
 from monitor.health.owner import Admission, Health
 from monitor.metrics import Metrics
+from monitor.vocab import GATEWAY_TRIGGER_WORDS
 
 MAX_RETRY_AFTER = 120
 _FAIL_OPEN_LOG_EVERY = 30.0  # seconds between repeats of the fail-open error line
@@ -196,9 +197,11 @@ class CreateAdmission:
 def _refusal(admission: Admission) -> Refusal:
     retry_after = int(min(MAX_RETRY_AFTER, max(1, admission.retry_after)))
     if admission.pause_reason is not None:
+        reason = admission.pause_reason
+        if any(word in reason.lower() for word in GATEWAY_TRIGGER_WORDS):
+            reason = "see the operator"  # the free text must not disable us upstream
         message = (
-            f"channel creation is paused by the operator ({admission.pause_reason}); "
-            f"retry after {retry_after}s"
+            f"channel creation is paused by the operator ({reason}); retry after {retry_after}s"
         )
         return Refusal("refused_paused", message, retry_after)
     message = f"Discord is unstable; channel creation is paused, retry after {retry_after}s"
