@@ -185,7 +185,7 @@ def new_gate(
         ledger=ledger,
         upstream_timeout=config.upstream_timeout,
         default_channel=config.default_channel,
-        cdp_create_window=config.cdp.create_window,
+        cdp_create_window=config.cdp.creation_window,
     )
     if live is not None and config.discord.gateway_session.enabled:
         gate.attach_channel_events(live)

@@ -52,7 +52,7 @@ def test_cdps_names_fill_what_the_file_leaves_unset(tmp_path: Path) -> None:
     assert config.discord.proxy == "http://10.0.0.9:3128"
     assert config.cdp.auto_delete is None  # 0: CDP never deletes
     assert config.cdp.request_timeout == 600.0  # the longer of the two
-    assert config.cdp.max_channel_del_type == "oldest"
+    assert config.cdp.max_channel_del_type == "OLDEST"
     assert config.cdp.default_channel is False and not config.default_channel
     assert sources["discord.token"] == f"CDP's BOT_TOKEN ({tmp_path / '.env'})"
     assert sources["discord.guild_id"] == "file"

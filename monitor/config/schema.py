@@ -49,8 +49,11 @@ from monitor.vocab import DEFAULT_NAME_PATTERN
 CDP_CREATE_ATTEMPTS = 3  # CreateChannelWithRetry (coze-discord-proxy discord/channel.go)
 
 
-def _false_is_off(value: Any) -> Any:
-    return "off" if value is False else value
+def _upper(value: Any) -> Any:
+    if isinstance(value, str):
+        stripped = value.strip().upper()
+        return None if stripped == "" else stripped
+    return value
 
 
 class _Section(BaseModel):
@@ -103,16 +106,20 @@ class CdpConfig(_Section):
     # CDP's 60 s per creation attempt; lower only to match a time-compressed test CDP.
     create_attempt_timeout: PositiveDuration = 60.0
     env_file: ResolvedPath | None = None
-    # YAML reads a bare `off` as false.
-    max_channel_del_type: Annotated[
-        Literal["off", "all", "oldest"], Lowercase, BeforeValidator(_false_is_off)
-    ] = "off"
+    # MAX_CHANNEL_DEL_TYPE: with ALL or OLDEST CDP deletes in-use cdp-chat- channels itself
+    # when the guild is full (30013); null: unset.
+    max_channel_del_type: Annotated[Literal["ALL", "OLDEST"] | None, BeforeValidator(_upper)] = None
     default_channel: bool = False  # DEFAULT_CHANNEL_ENABLE=1: CDP creates no channels
 
     @property
-    def create_window(self) -> float:
-        """How long CDP may spend creating one request's channel: 3 attempts."""
+    def creation_window(self) -> float:
+        """The longest CDP takes to create a request's channel: 3 attempts."""
         return CDP_CREATE_ATTEMPTS * self.create_attempt_timeout
+
+    @property
+    def request_lifetime(self) -> float:
+        """Creation window plus the reply timeout: a request is over after this."""
+        return self.creation_window + self.request_timeout
 
 
 class _TimedProbeConfig(_Section):
@@ -359,7 +366,7 @@ class Config(_Section):
     def upstream_timeout(self) -> float:
         """How long the gate waits for CDP: never shorter than CDP's creation window plus
         its reply timeout (DESIGN section 7), whatever `gate.upstream_timeout` says."""
-        return max(self.gate.upstream_timeout, self.cdp.create_window + self.cdp.request_timeout)
+        return max(self.gate.upstream_timeout, self.cdp.request_lifetime)
 
     @property
     def default_channel(self) -> bool:

@@ -41,8 +41,9 @@ def _auto_delete(value: str) -> Any:
     return "never" if seconds <= 0 else f"{seconds:g}s"
 
 
-def _del_type(value: str) -> str:
-    return value.strip().lower() if value.strip().upper() in ("ALL", "OLDEST") else "off"
+def _del_type(value: str) -> str | None:
+    # CDP acts only on ALL and OLDEST; any other value is unset.
+    return value.strip().upper() if value.strip().upper() in ("ALL", "OLDEST") else None
 
 
 # CDP's name → (dotted key, conversion of its value).

@@ -29,8 +29,6 @@ from monitor.config import GateConfig
 from monitor.gate.admission import CreateAdmission, Refusal
 from monitor.gate.attribute import Attribution
 from monitor.gate.classify import (
-    CHAT_PATHS,
-    EXPLICIT_CREATE_PATHS,
     body_inspected,
     request_kind,
     routed_path,
@@ -42,8 +40,6 @@ from monitor.health.window import Sample
 from monitor.httpserve import ERRORS, LIMITS, BodyTimeout, Limits, read_body
 from monitor.metrics import Metrics
 
-# Paths whose bodies decide a create: their bodies must reach CDP as the gate read them.
-_INSPECTED_PATHS = CHAT_PATHS | EXPLICIT_CREATE_PATHS
 # Request ids of recent creates CDP failed without Discord evidence, kept for CDP's log
 # to attribute later (:meth:`Gate.log_creation_failure`).
 _UNATTRIBUTED_KEPT = 1024
