@@ -201,8 +201,15 @@ async def test_upstream_timeout_is_502_and_no_discord_sample(
     upstream = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     # The gate waits CDP's creation window plus its reply timeout at least: shrink them.
     cdp = {"create_attempt_timeout": "100ms", "request_timeout": "200ms"}
+    # No gateway session: with one, CDP's creation window passing without a channel
+    # would itself be evidence (tests/test_gate_slots.py), which is not what this tests.
+    discord = {"gateway_session": {"enabled": False}}
     config = fast_config(
-        discord_sim, tmp_path / "state", cdp=cdp, **gate_extra(upstream, upstream_timeout="500ms")
+        discord_sim,
+        tmp_path / "state",
+        cdp=cdp,
+        discord=discord,
+        **gate_extra(upstream, upstream_timeout="500ms"),
     )
     async with server, running_daemon(config) as daemon:
         assert daemon.gate is not None and daemon.gate.upstream_timeout == 0.5
