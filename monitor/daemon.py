@@ -52,6 +52,7 @@ from monitor.wiring import (
     keep_fixed,
     new_gate,
     new_health,
+    new_notices,
     new_reconciler,
     new_rest,
     probe_context,
@@ -92,6 +93,7 @@ class Daemon:
             logger=logger,
             environ=self.environ,
         )
+        self.notices = new_notices(config, self.effects, self.metrics, clock, logger, self.environ)
         self.watch = GuildWatch(
             config,
             health=self.health,
@@ -192,7 +194,7 @@ class Daemon:
             ),
             "gateway_session": self.watch.status(self.clock.time()),
             "gate": None if self.gate is None else self.gate.status(),
-            "discord": {"token_invalid": self._rest.token_invalid if self._rest else False},
+            **self.notices.status(self._rest),
             "loops": self.supervisor.status(),
             "ready": self._ready.is_set(),
         }
@@ -216,9 +218,7 @@ class Daemon:
         return report.as_dict()
 
     def _new_rest(self, config: Config, session: aiohttp.ClientSession | None) -> DiscordRestClient:
-        return new_rest(
-            config, session=session, metrics=self.metrics, clock=self.clock, logger=self.log
-        )
+        return new_rest(config, session, metrics=self.metrics, clock=self.clock, logger=self.log)
 
     def _new_reconciler(self, config: Config) -> Reconciler:
         return new_reconciler(
@@ -243,7 +243,7 @@ class Daemon:
         self._probe_ctx = probe_context(
             self.config, session=self._session, rest=self._rest, clock=self.clock, logger=self.log
         )
-        app = control_app(self.config, self, registry=self.registry)
+        app = control_app(self.config, self, registry=self.registry, history=self.notices.history)
         self._runner, self.control_url = await serve(
             app, "control.listen", self.config.control.listen_address
         )
@@ -259,6 +259,7 @@ class Daemon:
         if not probes:
             self._ready.set()
         self.supervisor.start("evaluate", self.health.run)
+        self.notices.start(self.supervisor, self.status, self.clock)
         self.reconciler = self._new_reconciler(self.config)
         self.supervisor.start("reconcile", self._reconcile_loop)
         if self.config.signals.cdp_log.enabled:
@@ -277,7 +278,7 @@ class Daemon:
             logger=self.log,
             session=self._upstream,
             ledger=self.ledger,
-            live=self.watch.live,
+            live=self.watch.live,  # create slots freed by the session's channel events
         )
         self._gate_runner, self.gate_url = await serve(
             self.gate.app(), "gate.listen", self.config.gate.listen_address
@@ -295,6 +296,7 @@ class Daemon:
             self.log.warning("shutdown: a reconcile run was still deleting; see audit.jsonl")
         if self._actions is not None:
             await self._actions.drain(timeout=0.3)
+        await self.notices.close()
         self.ledger.flush()  # after the gate: failed requests' late channels are kept
         await self._close()
 
@@ -330,9 +332,10 @@ class Daemon:
     def _swap(self, new: Config) -> None:
         """Hand a validated config to every running component."""
         old = self.config
-        set_secrets(config_secrets(new))
+        set_secrets(config_secrets(new, self.environ))
         self.health.reconfigure(new)
         self.effects.actions = new.actions
+        self.notices.reconfigure(new, self.environ, self.log)
         if new.discord != old.discord and self._rest is not None:
             self._rest = self._new_rest(new, self._rest.session)  # discord.proxy: at start
             if self.reconciler is not None:
@@ -382,7 +385,7 @@ async def run_daemon(config_path: Path, *, environ: Mapping[str, str] | None = N
     """`cdp-monitor run`: load config (ConfigError propagates), run until SIGTERM/SIGINT."""
     env = dict(os.environ if environ is None else environ)
     config = load_config(config_path, environ=env)
-    logger = setup_logging(config.log.level, config.log.format, config_secrets(config))
+    logger = setup_logging(config.log.level, config.log.format, config_secrets(config, env))
     daemon = Daemon(
         config, registry=CollectorRegistry(), logger=logger, config_path=config_path, environ=env
     )

@@ -53,7 +53,7 @@ def test_cdps_names_fill_what_the_file_leaves_unset(tmp_path: Path) -> None:
     assert config.cdp.auto_delete is None  # 0: CDP never deletes
     assert config.cdp.request_timeout == 600.0  # the longer of the two
     assert config.cdp.max_channel_del_type == "OLDEST"
-    assert config.cdp.default_channel is False and not config.default_channel
+    assert config.cdp.default_channel is False  # "true" is not "1"
     assert sources["discord.token"] == f"CDP's BOT_TOKEN ({tmp_path / '.env'})"
     assert sources["discord.guild_id"] == "file"
     assert sources["gate.listen"] == "default"

@@ -205,6 +205,13 @@ def _empty_is_none(value: Any) -> Any:
     return None if value == "" else value
 
 
+def _upper(value: Any) -> Any:
+    if isinstance(value, str):
+        stripped = value.strip().upper()
+        return None if stripped == "" else stripped
+    return value
+
+
 def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
@@ -219,6 +226,7 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
 
 # Case-insensitive choices: `Annotated[Literal["a", "b"], Lowercase]`.
 Lowercase = BeforeValidator(_lower)
+Uppercase = BeforeValidator(_upper)  # and "" is None
 
 Duration = Annotated[float, BeforeValidator(_duration)]
 PositiveDuration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]

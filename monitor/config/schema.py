@@ -11,7 +11,14 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from monitor.config.errors import field_problems, problem
 from monitor.config.fields import (
@@ -34,8 +41,10 @@ from monitor.config.fields import (
     Size,
     Snowflake,
     SnowflakeSet,
+    Uppercase,
     WsUrl,
 )
+from monitor.events import EVENT_KINDS
 from monitor.units import (
     HostPort,
     format_duration,
@@ -47,13 +56,6 @@ from monitor.units import (
 from monitor.vocab import DEFAULT_NAME_PATTERN
 
 CDP_CREATE_ATTEMPTS = 3  # CreateChannelWithRetry (coze-discord-proxy discord/channel.go)
-
-
-def _upper(value: Any) -> Any:
-    if isinstance(value, str):
-        stripped = value.strip().upper()
-        return None if stripped == "" else stripped
-    return value
 
 
 class _Section(BaseModel):
@@ -108,7 +110,7 @@ class CdpConfig(_Section):
     env_file: ResolvedPath | None = None
     # MAX_CHANNEL_DEL_TYPE: with ALL or OLDEST CDP deletes in-use cdp-chat- channels itself
     # when the guild is full (30013); null: unset.
-    max_channel_del_type: Annotated[Literal["ALL", "OLDEST"] | None, BeforeValidator(_upper)] = None
+    max_channel_del_type: Annotated[Literal["ALL", "OLDEST"] | None, Uppercase] = None
     default_channel: bool = False  # DEFAULT_CHANNEL_ENABLE=1: CDP creates no channels
 
     @property
@@ -324,10 +326,37 @@ class ActionConfig(_Section):
         return self
 
 
+class NotifyConfig(_Section):
+    """Messages to notification services through Apprise URLs (the `notify` extra)."""
+
+    # Apprise URLs hold the service's secret (a bot token, a webhook key): SecretStr.
+    urls: tuple[SecretStr, ...] = ()
+    # CDP's own NOTIFY_TELEGRAM_BOT_TOKEN / NOTIFY_TELEGRAM_USER_ID, if set, add a target.
+    cdp_env: bool = True
+    # auto: zh when CDP's Telegram variables are the only target, else en.
+    language: Literal["auto", "zh", "en"] = "auto"
+    period: PositiveDuration = 600.0  # at most one message per event kind per period
+    timeout: PositiveDuration = 10.0
+    events: tuple[str, ...] = EVENT_KINDS
+    reconcile_threshold: Annotated[Int, Field(ge=1)] = 10  # deletions in one run
+    # daily_creations_near_cap: creations in 24 h at this share of discord.daily_create_limit.
+    creations_ratio: Fraction = 0.8
+    instance: str = ""  # prefixed to every title, to tell several daemons apart
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(EVENT_KINDS))
+        if unknown:
+            raise problem(f"unknown event(s) {', '.join(unknown)}; known: {', '.join(EVENT_KINDS)}")
+        return value
+
+
 class ActionsConfig(_Section):
     on_open: tuple[ActionConfig, ...] = ()
     on_close: tuple[ActionConfig, ...] = ()
     timeout: PositiveDuration = 10.0
+    notify: NotifyConfig = NotifyConfig()
 
 
 class LogConfig(_Section):
@@ -361,17 +390,6 @@ class Config(_Section):
                 ("control.listen", f"is the same address as gate.listen ({self.gate.listen})")
             )
         return self
-
-    @property
-    def upstream_timeout(self) -> float:
-        """How long the gate waits for CDP: never shorter than CDP's creation window plus
-        its reply timeout (DESIGN section 7), whatever `gate.upstream_timeout` says."""
-        return max(self.gate.upstream_timeout, self.cdp.request_lifetime)
-
-    @property
-    def default_channel(self) -> bool:
-        """CDP posts into its default channel and creates none."""
-        return self.cdp.default_channel or self.gate.cdp_default_channel
 
     @property
     def cdp_url(self) -> str:
