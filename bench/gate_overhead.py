@@ -161,9 +161,9 @@ class Server:
         return cpu_seconds(self.proc.pid)
 
 
-def start_server(*args: str) -> Server:
+def start_server(*args: str, script: Path = Path(__file__)) -> Server:
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", *args], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(script), "--serve", *args], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -183,16 +183,20 @@ def stop_server(server: Server) -> None:
 
 
 @contextmanager
-def servers(chunk_delay: float) -> Iterator[tuple[Server, Server]]:
-    upstream = start_server("upstream", "--chunk-delay", str(chunk_delay))
+def servers(chunk_delay: float, baseline: Path | None) -> Iterator[dict[str, Server]]:
+    """The upstream, the gate and, with `baseline`, the baseline checkout's gate (its own
+    copy of this script imports its own `monitor`)."""
+    started = {"upstream": start_server("upstream", "--chunk-delay", str(chunk_delay))}
+    cdp_url = started["upstream"].info["cdp_url"]
     try:
-        gate = start_server("gate", "--upstream", upstream.info["cdp_url"])
-        try:
-            yield upstream, gate
-        finally:
-            stop_server(gate)
+        started["gate"] = start_server("gate", "--upstream", cdp_url)
+        if baseline is not None:
+            script = baseline / "bench" / "gate_overhead.py"
+            started["before"] = start_server("gate", "--upstream", cdp_url, script=script)
+        yield started
     finally:
-        stop_server(upstream)
+        for server in reversed(started.values()):
+            stop_server(server)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -288,22 +292,30 @@ class Result:
     gate: Run
     direct_c1: Run  # unloaded (concurrency 1): the hop's own latency, no queueing
     gate_c1: Run
+    before: Run | None = None  # the baseline's gate, measured in the same rounds
+    before_c1: Run | None = None
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Result]:
     results: dict[str, Result] = {}
-    with servers(args.chunk_delay) as (upstream, gate):
-        procs = {"upstream": upstream, "gate": gate}
-        bases = {"direct": upstream.info["cdp_url"], "gate": gate.info["gate_url"]}
+    with servers(args.chunk_delay, args.baseline) as procs:
+        bases = {
+            "direct": procs["upstream"].info["cdp_url"],
+            "gate": procs["gate"].info["gate_url"],
+        }
+        if "before" in procs:
+            bases["before"] = procs["before"].info["gate_url"]
+        order = list(bases)
         connector = aiohttp.TCPConnector(limit=2 * CONCURRENCY)
         async with aiohttp.ClientSession(connector=connector) as http:
-            channel_id = await seed_channel(http, upstream)
+            channel_id = await seed_channel(http, procs["upstream"])
             for work in workloads(channel_id):
                 for path in bases:
                     await load(http, bases[path], work, args.warmup, procs)
-                runs: dict[str, list[Run]] = {"direct": [], "gate": []}
+                runs: dict[str, list[Run]] = {path: [] for path in bases}
                 for i in range(args.rounds):
-                    for path in ("direct", "gate") if i % 2 == 0 else ("gate", "direct"):
+                    # Rotate the order each round, so drift hits every path alike.
+                    for path in order[i % len(order) :] + order[: i % len(order)]:
                         run = await load(http, bases[path], work, args.requests, procs)
                         runs[path].append(run)
                 c1 = {
@@ -311,7 +323,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Result]:
                     for path in bases
                 }
                 best = {path: max(rs, key=lambda r: r.rps) for path, rs in runs.items()}
-                results[work.name] = Result(best["direct"], best["gate"], c1["direct"], c1["gate"])
+                results[work.name] = Result(
+                    best["direct"],
+                    best["gate"],
+                    c1["direct"],
+                    c1["gate"],
+                    best.get("before"),
+                    c1.get("before"),
+                )
                 spread = {path: [round(r.rps) for r in rs] for path, rs in runs.items()}
                 print(f"  {work.name}: req/s per round {spread}", file=sys.stderr, flush=True)
     return results
@@ -349,11 +368,32 @@ def report(results: dict[str, Result], args: argparse.Namespace) -> bool:
                 added50 <= MAX_ADDED_P50_MS,
             )
         )
+    if any(r.before is not None for r in results.values()):
+        report_baseline(results)
     print("\n(latencies in ms; `added` = gate - direct; `c=1`: one request at a time,")
     print(f" {args.unloaded} requests per path; `cpu/req`: server process CPU per request)\n")
     for text, ok in verdicts:
         print(f"  {'met   ' if ok else 'MISSED'}  {text}")
     return all(ok for _, ok in verdicts)
+
+
+def report_baseline(results: dict[str, Result]) -> None:
+    """Before (the baseline's gate) and after (this gate), from the same rounds."""
+    header = (
+        f"{'workload':<8} {'ratio before':>12} {'after':>6}  {'gate cpu/req before':>19} "
+        f"{'after':>8}  {'added p50 c=1 before':>20} {'after':>6}"
+    )
+    print(f"\nbefore (--baseline) and after, same run:\n{header}\n{'-' * len(header)}")
+    for name, r in results.items():
+        if r.before is None or r.before_c1 is None:
+            continue
+        d = r.direct
+        print(
+            f"{name:<8} {r.before.rps / d.rps:>12.2f} {r.gate.rps / d.rps:>6.2f}  "
+            f"{r.before.cpu_us('before'):>16.0f} µs {r.gate.cpu_us('gate'):>5.0f} µs  "
+            f"{r.before_c1.ms(0.5) - r.direct_c1.ms(0.5):>+20.2f} "
+            f"{r.gate_c1.ms(0.5) - r.direct_c1.ms(0.5):>+6.2f}"
+        )
 
 
 def main() -> int:
@@ -365,12 +405,19 @@ def main() -> int:
     parser.add_argument("--chunk-delay", type=float, default=0.002, help="SSE chunk gap, s")
     parser.add_argument("--serve", choices=("upstream", "gate"), help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of an earlier version: its gate is measured in the same run",
+    )
     args = parser.parse_args()
     if args.serve == "upstream":
         asyncio.run(serve_upstream(args.chunk_delay))
         return 0
     if args.serve == "gate":
-        asyncio.run(serve_gate(args.upstream))
+        from monitor import eventloop
+
+        eventloop.run(serve_gate(args.upstream))  # the loop `cdp-monitor run` uses
         return 0
     started = time.perf_counter()
     ok = report(asyncio.run(bench(args)), args)

@@ -301,25 +301,30 @@ def _stop_event() -> asyncio.Event:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from monitor.config import load_config
+    from monitor.config import load_config_sources
 
     path = config_path(args)
     try:
-        load_config(path)
+        loaded = load_config_sources(path)
     except ConfigError as exc:
         print(f"{path}: invalid", file=sys.stderr)
         for key, reason in exc.problems:
             print(f"{key}: {reason}" if key else reason, file=sys.stderr)
         return EXIT_USAGE
     print(f"{path}: ok")
+    # Where each value came from (never the value: it may be a secret).
+    width = max(len(key) for key in loaded.sources)
+    for key, source in loaded.sources.items():
+        print(f"  {key:<{width}}  {source}")
     return EXIT_OK
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from monitor import eventloop
     from monitor.daemon import run_daemon
 
     log = (args.log_level or "", args.log_format or "")
-    asyncio.run(run_daemon(config_path(args), log=log))
+    eventloop.run(run_daemon(config_path(args), log=log))  # on uvloop when installed
     return EXIT_OK
 
 
@@ -332,11 +337,17 @@ async def _probe_once(path: Path) -> int:
 
     from monitor import USER_AGENT
     from monitor.config import load_config
+    from monitor.discord.transport import discord_route, discord_session
     from monitor.wiring import probe_once
 
     config = load_config(path)
-    async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
-        results = await probe_once(config, session=session, clock=SYSTEM_CLOCK)
+    # The path every Discord request of this run took (DESIGN section 5, discord.proxy).
+    print(f"discord path: {discord_route(config.discord).describe()}")
+    async with (
+        aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session,
+        discord_session(config.discord) as discord,
+    ):
+        results = await probe_once(config, session=session, clock=SYSTEM_CLOCK, discord=discord)
     for result in results:
         mark = "ok  " if result.ok else "FAIL"
         print(f"{mark} {result.probe:<11} {result.duration * 1000:8.1f} ms  {result.detail}")

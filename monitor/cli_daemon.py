@@ -162,14 +162,12 @@ _REPORT_LISTS = ("planned", "deleted", "gone", "skipped", "errors")
 
 
 async def _reconcile_direct(path: Path, dry_run: bool, adopt: float | None = None) -> int:
-    import aiohttp
-
-    from monitor import USER_AGENT
+    from monitor.discord.transport import discord_session
     from monitor.reconcile import format_report
     from monitor.wiring import reconcile_once
 
     config = load_config(path)
-    async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
+    async with discord_session(config.discord) as session:  # Discord only: its proxy
         report = await reconcile_once(
             config, dry_run=dry_run, session=session, adopt_older_than=adopt
         )

@@ -140,7 +140,7 @@ class Daemon:
             result = await run_probe(name, ctx)
             self.probe_results[name] = result
             self._cdp_gap(result)
-            sample = record_probe(result, self.metrics)
+            sample = record_probe(result, self.metrics, self.health)
             if sample is not None:
                 self.health.add_sample(sample)
             if not result.ok:
@@ -213,10 +213,8 @@ class Daemon:
         report = await self.reconciler.run(dry_run=dry_run, trigger="api")
         return report.as_dict()
 
-    def _new_rest(self, config: Config, session: aiohttp.ClientSession) -> DiscordRestClient:
-        return new_rest(
-            config, session=session, metrics=self.metrics, clock=self.clock, logger=self.log
-        )
+    def _new_rest(self, config: Config, session: aiohttp.ClientSession | None) -> DiscordRestClient:
+        return new_rest(config, session, metrics=self.metrics, clock=self.clock, logger=self.log)
 
     def _new_reconciler(self, config: Config) -> Reconciler:
         return new_reconciler(
@@ -238,7 +236,7 @@ class Daemon:
 
     async def _start(self) -> None:
         self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
-        self._rest = self._new_rest(self.config, self._session)
+        self._rest = self._new_rest(self.config, None)  # on Discord's own session (its proxy)
         self._actions = ActionRunner(session=self._session, metrics=self.metrics, logger=self.log)
         self.effects.runner = self._actions
         self._probe_ctx = probe_context(
@@ -250,7 +248,7 @@ class Daemon:
         )
         if self.config.gate.enabled:
             await self._start_gate()
-        self.watch.start(self.supervisor, rest=self._rest, http=self._session)
+        self.watch.start(self.supervisor, rest=self._rest, http=self._rest.session)
         self._start_loops()
 
     def _start_loops(self) -> None:
@@ -273,7 +271,7 @@ class Daemon:
         self._upstream = new_upstream_session()
         self.gate = new_gate(
             self.config, health=self.health, metrics=self.metrics, clock=self.clock,
-            logger=self.log, session=self._upstream, ledger=self.ledger,
+            logger=self.log, session=self._upstream, ledger=self.ledger, live=self.watch.live,
         )  # fmt: skip
         self._gate_runner, self.gate_url = await serve(
             self.gate.app(), "gate.listen", self.config.gate.listen_address
@@ -303,10 +301,11 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        for session in (self._upstream, self._session):
+        discord = None if self._rest is None else self._rest.session
+        for session in (self._upstream, self._session, discord):
             if session is not None:
                 await session.close()
-        self._upstream = self._session = None
+        self._upstream = self._session = None  # the REST client's goes with it
         self.state_dir.unlock()
 
     def reload(self) -> bool:
@@ -331,8 +330,8 @@ class Daemon:
         self.health.reconfigure(new)
         self.effects.actions = new.actions
         self.notices.reconfigure(new, self.environ, self.log)
-        if new.discord != old.discord and self._session is not None:
-            self._rest = self._new_rest(new, self._session)
+        if new.discord != old.discord and self._rest is not None:
+            self._rest = self._new_rest(new, self._rest.session)  # discord.proxy: at start
             if self.reconciler is not None:
                 self.reconciler = self._new_reconciler(new)  # the loop takes it on its next pass
         elif self.reconciler is not None:

@@ -246,11 +246,35 @@ class Metrics:
             buckets=_GATE_BUCKETS,
             registry=r,
         )
+        self.gate_responses = Counter(
+            "cdpmon_gate_responses",
+            "Answers the gate gave by request kind and HTTP status code",
+            ["kind", "code"],
+            registry=r,
+        )
+        self.cdp_errors = Counter(
+            "cdpmon_cdp_errors",
+            "Channel-creating requests CDP failed for its own reasons (not Discord's), by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.discord_reachable = Gauge(
+            "cdpmon_discord_reachable",
+            "1 once a Discord probe or session has succeeded since start; 0 until then",
+            registry=r,
+        )
         self.gate_fail_open = Gauge(
             "cdpmon_gate_fail_open",
             "1 while the gate forwards creates unchecked because health evaluation is broken",
             registry=r,
         )
+        for kind in CDP_ERROR_KINDS:
+            self.cdp_errors.labels(kind=kind)
+        self.discord_reachable.set(0)
+        self._cdp_log(r)
+
+    def _cdp_log(self, r: CollectorRegistry) -> None:
+        """What CDP's log shows: channel-create retries and failures, restarts, purges."""
         self.cdp_create_retries = Counter(
             "cdpmon_cdp_channel_create_retries",
             "Channel-create retries seen in CDP's log",
@@ -267,11 +291,6 @@ class Metrics:
         self.cdp_restarts = Counter(
             "cdpmon_cdp_restarts", "CDP process starts seen in its log", registry=r
         )
-        self.cdp_errors = Counter(
-            "cdpmon_cdp_errors", "CDP-side trouble (not Discord's) by kind", ["kind"], registry=r
-        )
-        for kind in CDP_ERROR_KINDS:
-            self.cdp_errors.labels(kind=kind)
         self.cdp_purges_when_full = Gauge(
             "cdpmon_cdp_purges_when_full",
             "1 when CDP deletes in-use channels itself on a full guild (MAX_CHANNEL_DEL_TYPE)",

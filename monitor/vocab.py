@@ -44,10 +44,27 @@ CDP_FAILURE_REASONS = (
     "network",
     "retries_exhausted",
 )
-# CDP-side trouble seen in its log (`cdpmon_cdp_errors_total{kind}`), never Discord's
-# instability: user tokens, its own gateway session, fatal exits, failed auto-deletes,
-# purges of in-use channels (MAX_CHANNEL_DEL_TYPE) and a guild too full to purge.
+RECONCILE_RESULTS = ("ok", "partial", "error", "dry_run")
+# "cloudflare": a ban-shaped 429 (no JSON, no Via) from Cloudflare in front of Discord.
+RATELIMIT_SCOPES = ("user", "global", "shared", "cloudflare")
+
+# CDP's own trouble, never Discord's instability (`cdpmon_cdp_errors_total{kind}`): how
+# the gate counts CDP's failed answers (monitor/gate/attribute.py), then what CDP's log
+# shows (monitor/health/cdplog.py: user tokens, its own gateway session, fatal exits,
+# failed auto-deletes, purges of in-use channels, a guild too full to purge).
 CDP_ERROR_KINDS = (
+    "no_available_user_auth",
+    "model_not_found",
+    "no_available_bot",
+    "invalid_request",
+    "error_sending_message",
+    "prompt_too_long",
+    "coze_error",
+    "config_error",
+    "image_fetch_failed",
+    "rate_limited",
+    "unauthorized",
+    "other",
     "user_token",
     "gateway",
     "fatal",
@@ -55,9 +72,9 @@ CDP_ERROR_KINDS = (
     "purge",
     "guild_full",
 )
-RECONCILE_RESULTS = ("ok", "partial", "error", "dry_run")
-# "cloudflare": a ban-shaped 429 (no JSON, no Via) from Cloudflare in front of Discord.
-RATELIMIT_SCOPES = ("user", "global", "shared", "cloudflare")
+# Kinds of request the gate tells apart (`cdpmon_gate_requests_total{kind}`): a channel
+# create, a thread create (`POST /api/thread/create`, not capped), anything else.
+GATE_REQUEST_KINDS = ("create", "thread", "other")
 # Why a gateway session connection ended (`cdpmon_gateway_reconnects_total{reason}`).
 SESSION_END_REASONS = (
     "reconnect",
@@ -66,3 +83,6 @@ SESSION_END_REASONS = (
     "closed",
     "connect_failed",
 )
+# Words API gateways in front (one-api, new-api) read as "disable this channel": never in
+# a refusal of ours (DESIGN section 7), nor statuses 401, 403, 504, 524.
+GATEWAY_TRIGGER_WORDS = ("quota", "balance", "credit", "permission")

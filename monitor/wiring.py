@@ -21,6 +21,7 @@ from monitor.config import Config
 from monitor.control import ControlTarget, build_control_app
 from monitor.discord.rest import DiscordRestClient
 from monitor.discord.session_live import LiveGuild
+from monitor.discord.transport import discord_session
 from monitor.errors import MonitorError
 from monitor.events import Events
 from monitor.gate import Gate
@@ -153,16 +154,18 @@ def keep_fixed(old: Config, new: Config, logger: logging.Logger) -> Config:
 
 def new_rest(
     config: Config,
+    session: aiohttp.ClientSession | None = None,
     *,
-    session: aiohttp.ClientSession,
     metrics: Metrics,
     clock: Clock = SYSTEM_CLOCK,
     logger: logging.Logger = _LOG,
     max_retries: int | None = None,
 ) -> DiscordRestClient:
+    """The REST client; without `session`, on a new session of Discord's own (through
+    `discord.proxy`, monitor/discord/transport.py), which its owner closes."""
     return DiscordRestClient.from_config(
         config.discord,
-        session=session,
+        session=discord_session(config.discord) if session is None else session,
         metrics=metrics,
         clock=clock,
         logger=logger,
@@ -198,6 +201,11 @@ def new_health(
         metrics=metrics, logger=logger, environ=environ, actions=config.actions
     )
     effects.attach(health)
+
+    def reachable(_verdict: object) -> None:
+        metrics.discord_reachable.set(1 if health.discord_reached else 0)
+
+    health.verdict_listeners.append(reachable)
     return health, effects
 
 
@@ -209,6 +217,7 @@ def probe_context(
     clock: Clock = SYSTEM_CLOCK,
     logger: logging.Logger = _LOG,
 ) -> ProbeContext:
+    """`session` for CDP and the status page; Discord's requests use `rest`'s session."""
     return ProbeContext(config=config, session=session, rest=rest, clock=clock, logger=logger)
 
 
@@ -237,6 +246,12 @@ def new_reconciler(
     )
 
 
+def upstream_timeout(config: Config) -> float:
+    """How long the gate waits for CDP: never shorter than CDP's creation window plus its
+    reply timeout (DESIGN section 7), whatever `gate.upstream_timeout` says."""
+    return max(config.gate.upstream_timeout, config.cdp.request_lifetime)
+
+
 def new_gate(
     config: Config,
     *,
@@ -246,8 +261,11 @@ def new_gate(
     logger: logging.Logger,
     session: aiohttp.ClientSession,
     ledger: RequestLedger | None,
+    live: LiveGuild | None = None,
 ) -> Gate:
-    return Gate(
+    """The gate; with `live` and the gateway session on, create slots are freed by the
+    session's channel events (monitor/gate/slots.py)."""
+    gate = Gate(
         config.gate,
         health=health,
         metrics=metrics,
@@ -256,7 +274,13 @@ def new_gate(
         session=session,
         samples=config.signals.gate,
         ledger=ledger,
+        upstream_timeout=upstream_timeout(config),
+        default_channel=config.cdp.default_channel or config.gate.cdp_default_channel,
+        cdp_create_window=config.cdp.creation_window,
     )
+    if live is not None and config.discord.gateway_session.enabled:
+        gate.attach_channel_events(live)
+    return gate
 
 
 def control_app(
@@ -279,11 +303,17 @@ def control_app(
 
 
 async def probe_once(
-    config: Config, *, session: aiohttp.ClientSession, clock: Clock = SYSTEM_CLOCK
+    config: Config,
+    *,
+    session: aiohttp.ClientSession,
+    clock: Clock = SYSTEM_CLOCK,
+    discord: aiohttp.ClientSession | None = None,
 ) -> list[ProbeResult]:
-    """Every enabled probe once, without a daemon (no retries: a probe measures)."""
+    """Every enabled probe once, without a daemon (no retries: a probe measures).
+    `discord`: the session for Discord (default: `session`)."""
     metrics = Metrics(CollectorRegistry())
-    rest = new_rest(config, session=session, metrics=metrics, clock=clock, max_retries=0)
+    discord_http = session if discord is None else discord
+    rest = new_rest(config, session=discord_http, metrics=metrics, clock=clock, max_retries=0)
     ctx = probe_context(config, session=session, rest=rest, clock=clock)
     return [await run_probe(name, ctx) for name in enabled_probes(config)]
 

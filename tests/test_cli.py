@@ -102,7 +102,8 @@ async def test_probe_and_reconcile_commands_build_from_the_config(
     path.write_text(yaml.safe_dump(data))
     rc, out, err = await run_monitor("probe", "-c", str(path))
     assert rc == 0, err
-    assert [line.split()[:2] for line in out.splitlines() if not line.startswith(" ")] == [
+    assert out.splitlines()[0] == "discord path: direct (no proxy configured)"
+    assert [line.split()[:2] for line in out.splitlines()[1:] if not line.startswith(" ")] == [
         ["ok", "gateway"],
         ["ok", "rest"],
     ]

@@ -177,7 +177,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert (cfg.gate.listen, cfg.gate.upstream) == ("0.0.0.0:7077", "http://127.0.0.1:7078")
     assert cfg.gate.listen_address == HostPort("0.0.0.0", 7077)
     assert cfg.gate.max_concurrent_creates == 8
-    assert cfg.gate.max_body == 1024 * 1024
+    assert cfg.gate.max_body == 64 * 1024 * 1024  # CDP takes base64 images
     assert (cfg.health.window, cfg.health.min_samples) == (120.0, 3)
     assert (cfg.breaker.reset_timeout, cfg.breaker.success_threshold) == (60.0, 2)
     assert cfg.reconcile.interval == 300.0

@@ -20,6 +20,7 @@ from monitor.daemon import Daemon
 from monitor.gate import is_create_request
 from monitor.gate.admission import CreateAdmission
 from monitor.health.owner import Health
+from monitor.health.window import Sample
 from monitor.metrics import Metrics
 from monitor.sim.cdp import CdpEmulator, CdpSettings
 from monitor.sim.discord import DiscordSimulator
@@ -186,7 +187,7 @@ async def test_paused_gate_says_paused_and_passes_the_rest(
     assert caught.value.status_code == 503
     body = caught.value.response.json()["error"]
     assert (
-        body["code"] == "discord_unstable"
+        body["code"] == "paused"
         and "paused by the operator (maintenance window)" in body["message"]
     )
     assert int(caught.value.response.headers["Retry-After"]) == 120  # capped
@@ -484,6 +485,7 @@ def hold_admission(clock: ManualClock, hold_max: str) -> tuple[Health, CreateAdm
         "breaker: {reset_timeout: 60s}\n"
     )
     health = Health.from_config(config, clock=clock)
+    health.add_sample(Sample("rest", clock.time(), True))  # Discord reached: judged, not unknown
     admission = CreateAdmission(
         config.gate,
         health=health,

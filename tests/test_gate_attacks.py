@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
+from monitor.config import parse_config
 from monitor.daemon import Daemon
 from monitor.sim.cdp import CdpEmulator, CdpSettings
 from monitor.sim.discord import DiscordSimulator
+from monitor.wiring import upstream_timeout
 from tests.helpers.daemon import fast_config, running_daemon
 from tests.helpers.raw_http import host_port, parse_response, raw_request, request_bytes, send_raw
 from tests.helpers.wait import wait_for
@@ -198,12 +200,32 @@ async def test_upstream_timeout_is_502_and_no_discord_sample(
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     upstream = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    # The gate waits CDP's creation window plus its reply timeout at least: shrink them.
+    cdp = {"create_attempt_timeout": "100ms", "request_timeout": "200ms"}
+    # No gateway session: with one, CDP's creation window passing without a channel
+    # would itself be evidence (tests/test_gate_slots.py), which is not what this tests.
+    discord = {"gateway_session": {"enabled": False}}
     config = fast_config(
-        discord_sim, tmp_path / "state", **gate_extra(upstream, upstream_timeout="500ms")
+        discord_sim,
+        tmp_path / "state",
+        cdp=cdp,
+        discord=discord,
+        **gate_extra(upstream, upstream_timeout="500ms"),
     )
     async with server, running_daemon(config) as daemon:
+        assert daemon.gate is not None and daemon.gate.upstream_timeout == 0.5
         await wait_for(daemon.ready, what="ready")
         resp = await raw_request(gate_url(daemon), "POST", "/v1/chat/completions", CHAT)
         assert resp.status == 502
         assert resp.json()["error"]["code"] == "upstream_timeout"
         assert daemon.health.window.latest("gate") is None  # not counted against Discord
+
+
+def test_upstream_timeout_is_never_shorter_than_cdps_own_worst_case() -> None:
+    config = parse_config("discord: {token: t0ken, guild_id: 1}\ngate: {upstream_timeout: 1m}")
+    assert upstream_timeout(config) == 3 * 60 + 300  # CDP's creation window + reply timeout
+    longer = parse_config(
+        "discord: {token: t0ken, guild_id: 1}\ncdp: {request_timeout: 10m}",
+        environ={},
+    )
+    assert upstream_timeout(longer) == 180 + 600

@@ -29,6 +29,7 @@ def test_judge_a_half_open_trial_only_on_samples_since_it_began() -> None:
 def test_evaluate_applies_the_half_open_rule() -> None:
     clock = ManualClock(T0)
     health = Health.from_config(DEFAULTS, clock=clock)
+    health.add_sample(Sample("rest", T0 - 1, True, 0.1))  # Discord reached once
     for i in range(5):
         health.add_sample(Sample("gateway", T0 + i, False, 0.1))
     assert health.evaluate(T0 + 5).unstable
@@ -104,6 +105,32 @@ def test_status_is_json_ready() -> None:
     health.evaluate(T0)
     status = health.status(T0)
     json.dumps(status)
-    assert set(status) == {"breaker", "paused", "health"}
+    assert set(status) == {"breaker", "paused", "health", "discord_reachable"}
     assert status["breaker"]["state"] == "closed"
     assert status["health"]["conclusive"] is False
+
+
+def test_discord_never_reached_is_unknown_not_unstable() -> None:
+    clock = ManualClock(T0)
+    health = Health.from_config(DEFAULTS, clock=clock)
+    health.note_unreachable("gateway probe: connect failed in connect: refused")
+    for i in range(8):
+        health.add_sample(Sample("gateway", T0 + i, False, 0.1))
+        health.add_sample(Sample("gate", T0 + i, False, 1.0))  # CDP's view: no reach
+    verdict = health.evaluate(T0 + 8)
+    assert not verdict.unstable and not verdict.conclusive
+    assert verdict.reason.startswith("unknown: Discord not reached since start (gateway probe")
+    assert health.breaker.state == "closed" and not health.discord_reached
+    assert health.status(T0 + 8)["discord_reachable"]["reason"].startswith("gateway probe")
+    # One successful probe: from now on Discord is judged, and the failures count.
+    health.add_sample(Sample("rest", T0 + 9, True, 0.1))
+    assert health.discord_reached and health.evaluate(T0 + 9).unstable
+    assert health.breaker.state == "open"
+
+
+def test_without_probes_of_its_own_nothing_waits_for_reach() -> None:
+    config = parse_config(
+        "discord: {token: t0ken, guild_id: 1}\n"
+        "probes: {gateway: {enabled: false}, rest: {enabled: false}}"
+    )
+    assert Health.from_config(config, clock=ManualClock(T0)).discord_reached

@@ -7,6 +7,7 @@ repr, a dump or an error message.
     fields.py   annotated field types and their validators
     schema.py   the sections and `Config`, with the product's only defaults
     load.py     reading YAML, `${NAME}` expansion, token files, `load_config`
+    sources.py  `CDP_MONITOR_*` variables, CDP's own names and `.env`, provenance
     errors.py   our problems as pydantic errors, and ValidationError → (path, reason)
 
 Import from here; the unit helpers are re-exported for callers that parse values
@@ -15,12 +16,18 @@ the way the config does.
 
 from __future__ import annotations
 
-from monitor.config.cdp import CdpConfig
-from monitor.config.load import default_config_path, load_config, parse_config
+from monitor.config.load import (
+    LoadedConfig,
+    default_config_path,
+    load_config,
+    load_config_sources,
+    parse_config,
+)
 from monitor.config.schema import (
     ActionConfig,
     ActionsConfig,
     BreakerConfig,
+    CdpConfig,
     CdpLogConfig,
     CdpProbeConfig,
     Config,
@@ -67,6 +74,7 @@ __all__ = [
     "GatewaySessionConfig",
     "HealthConfig",
     "HostPort",
+    "LoadedConfig",
     "LogConfig",
     "ProbesConfig",
     "ReconcileConfig",
@@ -77,6 +85,7 @@ __all__ = [
     "format_duration",
     "is_loopback_host",
     "load_config",
+    "load_config_sources",
     "parse_config",
     "parse_duration",
     "parse_size",

@@ -92,6 +92,32 @@ def _ws_url(value: str) -> str:
     return value
 
 
+_PROXY_SCHEMES = ("http", "https", "socks5", "socks5h", "socks4")
+
+
+def _proxy_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        raise problem("must be an http://, https:// or socks5:// URL") from None
+    if parts.scheme.lower() not in _PROXY_SCHEMES or not parts.hostname:
+        raise problem("must be an http://, https:// or socks5:// URL")
+    return value
+
+
+def _never_or_duration(value: Any) -> Any:
+    # `never` (or CDP's 0 / negative) means CDP never deletes its channels.
+    if value is None or (isinstance(value, str) and value.strip().lower() == "never"):
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+        return None
+    if isinstance(value, str) and re.fullmatch(r"\s*-\d+(\.\d*)?\s*", value):
+        return None  # CDP's CHANNEL_AUTO_DEL_TIME=-1 through ${...}
+    seconds = _duration(value)
+    return None if seconds <= 0 else seconds
+
+
 def _non_empty(value: tuple[str, ...]) -> tuple[str, ...]:
     # Not Field(min_length=1): pydantic would also report "too short" when an item is bad.
     if not value:
@@ -181,6 +207,13 @@ def _empty_is_none(value: Any) -> Any:
     return None if value == "" else value
 
 
+def _upper(value: Any) -> Any:
+    if isinstance(value, str):
+        stripped = value.strip().upper()
+        return None if stripped == "" else stripped
+    return value
+
+
 def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
@@ -195,6 +228,7 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
 
 # Case-insensitive choices: `Annotated[Literal["a", "b"], Lowercase]`.
 Lowercase = BeforeValidator(_lower)
+Uppercase = BeforeValidator(_upper)  # and "" is None
 
 Duration = Annotated[float, BeforeValidator(_duration)]
 PositiveDuration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
@@ -208,6 +242,9 @@ HttpUrl = Annotated[str, AfterValidator(_http_url)]
 BaseUrl = Annotated[str, AfterValidator(_base_url)]
 WsUrl = Annotated[str, AfterValidator(_ws_url)]
 Listen = Annotated[str, AfterValidator(_listen)]
+ProxyUrl = Annotated[str, BeforeValidator(_empty_is_none), AfterValidator(_proxy_url)]
+# A duration, or None for `never`.
+NeverOrDuration = Annotated[float | None, BeforeValidator(_never_or_duration)]
 # A regex choosing channels to delete: anchored, and matching no ordinary channel name.
 NamePattern = Annotated[str, AfterValidator(_name_pattern)]
 ResolvedPath = Annotated[Path, AfterValidator(_resolve_path)]

@@ -11,11 +11,12 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from pydantic import ValidationError
 
+from monitor.config import sources
 from monitor.config.errors import Loc, dotted, translate
 from monitor.config.schema import Config
 from monitor.errors import ConfigError
@@ -34,8 +35,22 @@ def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
     return Path(env.get("CDP_MONITOR_CONFIG") or "monitor.yaml")
 
 
+class LoadedConfig(NamedTuple):
+    """A config and where each key's value came from (dotted key → source)."""
+
+    config: Config
+    sources: dict[str, str]
+
+
 def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:
     """Read, expand and validate a config file. Raises ConfigError listing every problem."""
+    return load_config_sources(path, environ=environ).config
+
+
+def load_config_sources(
+    path: str | Path, *, environ: Mapping[str, str] | None = None
+) -> LoadedConfig:
+    """:func:`load_config`, with where each value came from (for `check-config`)."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
@@ -45,13 +60,19 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         raise ConfigError([("", f"config file is not UTF-8 text: {path}")]) from None
     except OSError as exc:
         raise ConfigError([("", f"cannot read config file {path}: {exc.strerror}")]) from None
-    return parse_config(text, source=path, environ=environ)
+    return _parse(text, source=path, environ=environ)
 
 
 def parse_config(
     text: str, *, source: Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Config:
     """Validate config text. `source` anchors relative paths (else the working directory)."""
+    return _parse(text, source=source, environ=environ).config
+
+
+def _parse(
+    text: str, *, source: Path | None = None, environ: Mapping[str, str] | None = None
+) -> LoadedConfig:
     env: Mapping[str, str] = os.environ if environ is None else environ
     base_dir = source.absolute().parent if source is not None else Path.cwd()
     problems: list[tuple[str, str]] = []
@@ -67,6 +88,7 @@ def parse_config(
 
     expanded = _expand_tree(data, (), env, problems)
     assert isinstance(expanded, dict)
+    origin = _apply_sources(expanded, env, base_dir, problems)
     # Present so a missing section reports discord.token, not just `discord`.
     if expanded.get("discord") is None:
         expanded["discord"] = {}
@@ -88,7 +110,52 @@ def parse_config(
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
-    return config
+    return LoadedConfig(config, _provenance(origin))
+
+
+def _apply_sources(
+    data: dict[str, Any], env: Mapping[str, str], base_dir: Path, problems: list[tuple[str, str]]
+) -> dict[tuple[str, ...], str]:
+    """Merge CDP's names (under the file) and `CDP_MONITOR_*` (over it) into `data`;
+    return where each set key came from."""
+    # A key the file sets, even to null (`proxy: null`: no proxy), is the file's.
+    origin = {
+        path: sources.FILE for path in sources.leaf_paths(Config) if sources.in_data(data, path)
+    }
+    overlay = sources.env_overlay(Config, env)
+    env_file_name = overlay.get(("cdp", "env_file")) or sources.get_path(data, ("cdp", "env_file"))
+    file_values: dict[str, str] = {}
+    if isinstance(env_file_name, str) and env_file_name:
+        env_path = Path(env_file_name)
+        env_path = env_path if env_path.is_absolute() else base_dir / env_path
+        env_file_name = str(env_path)
+        try:
+            file_values = sources.read_env_file(env_path)
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(("cdp.env_file", f"cannot read {env_path}: {exc}"))
+    for path, (value, where) in sources.cdp_values(env, file_values, str(env_file_name)).items():
+        if path in origin or (path[-1] == "token" and _has_token_file(data, path)):
+            continue
+        sources.set_path(data, path, value)
+        origin[path] = where
+    for path, value in overlay.items():
+        sources.set_path(data, path, value)
+        origin[path] = f"environment {sources.ENV_PREFIX}{'_'.join(path).upper()}"
+        if path[-1] == "token":  # the variable replaces the file's token_file too
+            block = sources.get_path(data, path[:-1])
+            if isinstance(block, dict):
+                block.pop("token_file", None)
+    return origin
+
+
+def _has_token_file(data: dict[str, Any], token: tuple[str, ...]) -> bool:
+    return sources.has_path(data, (*token[:-1], "token_file"))
+
+
+def _provenance(origin: dict[tuple[str, ...], str]) -> dict[str, str]:
+    return {
+        ".".join(path): origin.get(path, sources.DEFAULT) for path in sources.leaf_paths(Config)
+    }
 
 
 def _covered(path: str, covered: set[str]) -> bool:

@@ -11,16 +11,8 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from monitor.config.cdp import CdpConfig
 from monitor.config.errors import field_problems, problem
 from monitor.config.fields import (
     Argv,
@@ -33,13 +25,16 @@ from monitor.config.fields import (
     Listen,
     Lowercase,
     NamePattern,
+    NeverOrDuration,
     Number,
     OptionalToken,
     PositiveDuration,
+    ProxyUrl,
     ResolvedPath,
     Size,
     Snowflake,
     SnowflakeSet,
+    Uppercase,
     WsUrl,
 )
 from monitor.events import EVENT_KINDS
@@ -52,6 +47,8 @@ from monitor.units import (
     url_host_port,
 )
 from monitor.vocab import DEFAULT_NAME_PATTERN
+
+CDP_CREATE_ATTEMPTS = 3  # CreateChannelWithRetry (coze-discord-proxy discord/channel.go)
 
 
 class _Section(BaseModel):
@@ -90,6 +87,33 @@ class DiscordConfig(_Section):
     channel_limit: Annotated[Int, Field(ge=1)] = 500
     daily_create_limit: Annotated[Int, Field(ge=0)] = 500  # 0: off
     gateway_session: GatewaySessionConfig = GatewaySessionConfig()
+    # Every Discord request (REST, probes, the gateway) goes through it; None: none, but
+    # the standard proxy environment (HTTPS_PROXY, NO_PROXY, ...) is honoured.
+    proxy: Annotated[ProxyUrl | None, Field(repr=False)] = None
+
+
+class CdpConfig(_Section):
+    """CDP's own settings, as CDP has them (its names fill these in: config/sources.py)."""
+
+    auto_delete: NeverOrDuration = 5.0  # CHANNEL_AUTO_DEL_TIME; None: never
+    request_timeout: PositiveDuration = 300.0  # REQUEST_OUT_TIME / STREAM_REQUEST_OUT_TIME
+    # CDP's 60 s per creation attempt; lower only to match a time-compressed test CDP.
+    create_attempt_timeout: PositiveDuration = 60.0
+    env_file: ResolvedPath | None = None
+    # MAX_CHANNEL_DEL_TYPE: with ALL or OLDEST CDP deletes in-use cdp-chat- channels itself
+    # when the guild is full (30013); null: unset.
+    max_channel_del_type: Annotated[Literal["ALL", "OLDEST"] | None, Uppercase] = None
+    default_channel: bool = False  # DEFAULT_CHANNEL_ENABLE=1: CDP creates no channels
+
+    @property
+    def creation_window(self) -> float:
+        """The longest CDP takes to create a request's channel: 3 attempts."""
+        return CDP_CREATE_ATTEMPTS * self.create_attempt_timeout
+
+    @property
+    def request_lifetime(self) -> float:
+        """Creation window plus the reply timeout: a request is over after this."""
+        return self.creation_window + self.request_timeout
 
 
 class _TimedProbeConfig(_Section):
@@ -206,9 +230,11 @@ class GateConfig(_Section):
     queue_wait: Duration = 10.0
     create_rate: Annotated[Number, Field(ge=0)] = 0.0
     half_open_trials: Annotated[Int, Field(ge=1)] = 1
-    cdp_default_channel: bool = False
-    max_body: Annotated[Size, Field(ge=1)] = 1024 * 1024
-    upstream_timeout: PositiveDuration = 330.0
+    cdp_default_channel: bool = False  # kept for old configs: cdp.default_channel
+    # Creates only (the rest stream): CDP takes base64 images of any size.
+    max_body: Annotated[Size, Field(ge=1)] = 64 * 1024 * 1024
+    # A floor: the gate waits at least cdp's creation window + cdp.request_timeout.
+    upstream_timeout: PositiveDuration = 480.0
     # Listener limits against slow and idle clients (slowloris, descriptor exhaustion).
     header_timeout: PositiveDuration = 10.0
     body_timeout: PositiveDuration = 60.0
@@ -339,12 +365,12 @@ class Config(_Section):
     """The whole validated configuration. Immutable: reload builds a new one."""
 
     discord: DiscordConfig
+    cdp: CdpConfig = CdpConfig()
     probes: ProbesConfig = ProbesConfig()
     signals: SignalsConfig = SignalsConfig()
     health: HealthConfig = HealthConfig()
     breaker: BreakerConfig = BreakerConfig()
     gate: GateConfig = GateConfig()
-    cdp: CdpConfig = CdpConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
     control: ControlConfig = ControlConfig()
     actions: ActionsConfig = ActionsConfig()

@@ -12,7 +12,7 @@ from monitor.demo.settings import ScenarioSettings
 from monitor.errors import ScenarioError
 
 # Gate refusals (DESIGN section 7): the client is told to come back later.
-REFUSAL_CODES = frozenset({"discord_unstable", "create_queue_full"})
+REFUSAL_CODES = frozenset({"discord_unstable", "paused", "create_queue_full"})
 
 
 def import_openai() -> Any:

@@ -140,6 +140,11 @@ class DiscordRestClient(Endpoints):
         )
 
     @property
+    def session(self) -> aiohttp.ClientSession:
+        """Discord's session (through `discord.proxy`): the probes and the gateway use it."""
+        return self._session
+
+    @property
     def token_invalid(self) -> bool:
         return self._token_invalid
 

@@ -1,7 +1,8 @@
 """Whether a channel-creating request may go ahead: the breaker (through the health
-owner, failing open when the health machinery is broken, holding in hold mode until the
-breaker changes), then a concurrency cap with a bounded queue wait, then an optional
-creation-rate cap. All time comes from the injected clock."""
+owner, failing open when the health machinery is broken or Discord has never been
+reached, holding in hold mode until the breaker changes), then a concurrency cap with a
+bounded queue wait, then an optional creation-rate cap. All time comes from the injected
+clock."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from dataclasses import dataclass
 
 from monitor.clock import Clock
 from monitor.config import GateConfig
+from monitor.gate.slots import CreateSlot, PendingCreations
 from monitor.health.owner import Admission, Health
 from monitor.metrics import Metrics
+from monitor.vocab import GATEWAY_TRIGGER_WORDS
 
 MAX_RETRY_AFTER = 120
 _FAIL_OPEN_LOG_EVERY = 30.0  # seconds between repeats of the fail-open error line
@@ -29,7 +32,15 @@ class Refusal:
 
     @property
     def code(self) -> str:
-        return "create_queue_full" if self.decision == "queue_full" else "discord_unstable"
+        # DESIGN section 7: `paused` tells a deliberate pause from an unstable Discord.
+        return _CODES[self.decision]
+
+
+_CODES = {
+    "queue_full": "create_queue_full",
+    "refused_paused": "paused",
+    "refused_unstable": "discord_unstable",
+}
 
 
 class RateCap:
@@ -68,6 +79,7 @@ class CreateAdmission:
         metrics: Metrics,
         clock: Clock,
         logger: logging.Logger,
+        create_window: float = 0.0,
     ) -> None:
         self.config = config
         self._health = health
@@ -75,19 +87,33 @@ class CreateAdmission:
         self._clock = clock
         self._log = logger
         self._slots = asyncio.Semaphore(config.max_concurrent_creates)
+        # create_window: CDP's 3 attempts, the longest a slot is held (0: no limit).
+        self.pending = PendingCreations(
+            clock=clock, window=create_window, release=self._slots.release
+        )
         self._rate = RateCap(config.create_rate, clock)
         self._last_fail_open_log: float | None = None
         self.waiting = 0
         self.fail_open = False
+        self.fail_open_reason: str | None = None
+
+    def _fail_open_reason(self, now: float) -> str | None:
+        if not self._health.machinery_ok(now):
+            return "no fresh health evaluation"
+        if not self._health.discord_reached:
+            return f"Discord not reached since start ({self._health.unreachable_reason})"
+        return None
 
     async def admit(self) -> Refusal | None:
         """None to admit (check :attr:`fail_open` for how); else the refusal."""
         now = self._clock.time()
+        reason = self._fail_open_reason(now)
         # A deliberate pause needs no health verdict, so it holds even when failing open.
-        if not self._health.machinery_ok(now) and self._health.breaker.state != "forced_open":
-            self._failing_open()
+        if reason is not None and self._health.breaker.state != "forced_open":
+            self._failing_open(reason)
             return None
         self.fail_open = False
+        self.fail_open_reason = None
         self._metrics.gate_fail_open.set(0)
         hold = self.config.hold_max if self.config.when_open == "hold" else 0.0
         deadline = self._clock.monotonic() + hold
@@ -101,16 +127,17 @@ class CreateAdmission:
             admission = self._health.admit_create(self._clock.time())
         return None
 
-    def _failing_open(self) -> None:
+    def _failing_open(self, reason: str) -> None:
         self.fail_open = True
-        self._metrics.gate_fail_open.set(1)
+        self.fail_open_reason = reason
+        # `cdpmon_gate_fail_open` is the broken machinery; Discord never reached has its
+        # own `cdpmon_discord_reachable 0` (set by the health owner's listener).
+        self._metrics.gate_fail_open.set(0 if self._health.machinery_ok(self._clock.time()) else 1)
         now = self._clock.monotonic()
         last = self._last_fail_open_log
         if last is None or now - last > _FAIL_OPEN_LOG_EVERY:
             self._last_fail_open_log = now
-            self._log.error(
-                "gate failing open: no fresh health evaluation; forwarding creates unchecked"
-            )
+            self._log.error("gate failing open: %s; forwarding creates unchecked", reason)
 
     async def acquire(self) -> Refusal | None:
         """Take a create slot (waiting up to `queue_wait`) and a rate token; None on
@@ -141,6 +168,10 @@ class CreateAdmission:
     def release(self) -> None:
         self._slots.release()
 
+    def slot(self) -> CreateSlot:
+        """The hold of an acquired slot (monitor/gate/slots.py says what frees it)."""
+        return self.pending.open()
+
     async def _take_slot(self, timeout: float) -> bool:
         """Acquire a create slot within `timeout` seconds of the injected clock."""
         if not self._slots.locked():
@@ -166,11 +197,11 @@ class CreateAdmission:
 def _refusal(admission: Admission) -> Refusal:
     retry_after = int(min(MAX_RETRY_AFTER, max(1, admission.retry_after)))
     if admission.pause_reason is not None:
-        # DESIGN section 7: a pause answers like an open breaker (one code for clients
-        # to handle); the message and the metric's decision tell them apart.
+        reason = admission.pause_reason
+        if any(word in reason.lower() for word in GATEWAY_TRIGGER_WORDS):
+            reason = "see the operator"  # the free text must not disable us upstream
         message = (
-            f"channel creation is paused by the operator ({admission.pause_reason}); "
-            f"retry after {retry_after}s"
+            f"channel creation is paused by the operator ({reason}); retry after {retry_after}s"
         )
         return Refusal("refused_paused", message, retry_after)
     message = f"Discord is unstable; channel creation is paused, retry after {retry_after}s"

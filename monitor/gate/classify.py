@@ -23,7 +23,8 @@ import re
 from urllib.parse import unquote_to_bytes
 
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/images/generations"})
-EXPLICIT_CREATE_PATHS = frozenset({"/api/channel/create", "/api/thread/create"})
+THREAD_CREATE_PATH = "/api/thread/create"  # makes a thread: not one of the 500 channels
+EXPLICIT_CREATE_PATHS = frozenset({"/api/channel/create", THREAD_CREATE_PATH})
 
 _FIELD = "CHANNELID"  # the field's name as Go folds it
 # Non-ASCII runes Go's foldRune maps to an ASCII letter (computed over every rune with
@@ -32,6 +33,8 @@ _FIELD = "CHANNELID"  # the field's name as Go folds it
 _GO_FOLD_TO_ASCII = {"\u212a": "K", "\u017f": "S"}
 _GO_SPACE = " \t\n\r"
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# A path containing none of these needs no decoding and has no ambiguous segment.
+_SLOW_PATH_MARKS = ("%", "\\", "/.", "//", "\x00")
 
 
 class _Object(list[tuple[str, object]]):
@@ -68,6 +71,8 @@ def routed_path(target: str) -> str | None:
     ambiguous and must be refused: not origin-form, dot or empty segments, encoded or
     back slashes, a NUL, a malformed percent escape."""
     path = target.split("?", 1)[0]
+    if path[:1] == "/" and not any(c in path for c in _SLOW_PATH_MARKS):
+        return path  # nothing to decode or normalise: the common case, taken fast
     if not path.startswith("/") or "\\" in path or _BAD_ESCAPE.search(path):
         return None
     lowered = path.lower()
@@ -100,7 +105,8 @@ def channel_body_creates(body: bytes) -> bool:
         return False  # an array, string, number or bool: a type error
     channel_id: str | None = None
     for key, value in data:
-        if key != "channelId" and go_fold(key) != _FIELD:
+        # Folding keeps the length: a key of another length never matches.
+        if key != "channelId" and (len(key) != len(_FIELD) or go_fold(key) != _FIELD):
             continue
         if value is None:
             channel_id = None
@@ -122,3 +128,20 @@ def is_create_request(method: str, path: str, body: bytes, *, cdp_default_channe
     if path not in CHAT_PATHS or cdp_default_channel:
         return False
     return channel_body_creates(body)
+
+
+def request_kind(method: str, path: str, body: bytes, *, cdp_default_channel: bool) -> str:
+    """`create` (a channel), `thread` (`POST /api/thread/create`) or `other`."""
+    if method == "POST" and (path.rstrip("/") or "/") == THREAD_CREATE_PATH:
+        return "thread"
+    if is_create_request(method, path, body, cdp_default_channel=cdp_default_channel):
+        return "create"
+    return "other"
+
+
+_INSPECTED = CHAT_PATHS | EXPLICIT_CREATE_PATHS
+
+
+def body_inspected(method: str, path: str) -> bool:
+    """Whether the gate must read this request's body to classify it (the rest stream)."""
+    return method == "POST" and (path.rstrip("/") or "/") in _INSPECTED

@@ -12,6 +12,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from monitor.gate.attribute import PEEK, Attribution, attribute, needs_body
+
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -25,9 +27,6 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Response bodies that say CDP's channel creation failed because of Discord.
-FAILURE_MARKERS = (b"30013", b"Maximum number of server channels", b"failed after 3 attempts")
-_FAILURE_PEEK = 64 * 1024  # bytes of an error body searched for the markers
 # A fixed-length upstream body up to this size is read whole and sent with the headers
 # in one write (a StreamResponse sends its headers on their own first); bigger or
 # chunked (SSE) bodies stream.
@@ -55,16 +54,19 @@ def error_response(
     return web.json_response(body, status=status, headers=headers)
 
 
-def _drop_set(base: frozenset[str], headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    connection = headers.get("Connection")
-    if not connection:
-        return base
-    return base | {token.strip().lower() for token in connection.split(",")}
+def _strip(out: CIMultiDict[str], drop: frozenset[str], connection: str | None) -> None:
+    # Copy whole (in C), then delete: cheaper per request than filtering item by item.
+    for name in drop:
+        if name in out:
+            del out[name]
+    if connection:  # headers the sender named hop-by-hop (RFC 9110 7.6.1)
+        for token in connection.split(","):
+            out.popall(token.strip(), None)
 
 
 def forward_headers(headers: CIMultiDictProxy[str], remote: str | None) -> CIMultiDict[str]:
-    drop = _drop_set(_DROP_FORWARD, headers)
-    out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    out = CIMultiDict(headers)
+    _strip(out, _DROP_FORWARD, headers.get("Connection"))
     if remote:
         prior = headers.get("X-Forwarded-For")
         out["X-Forwarded-For"] = f"{prior}, {remote}" if prior else remote
@@ -72,23 +74,30 @@ def forward_headers(headers: CIMultiDictProxy[str], remote: str | None) -> CIMul
 
 
 def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    drop = _drop_set(HOP_BY_HOP, headers)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    out = CIMultiDict(headers)
+    _strip(out, HOP_BY_HOP, headers.get("Connection"))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What forwarding one request came to.
 
-    `decision` is the gate metric's label; `ok` is the health sample for a create (None:
-    no sample, the trouble was CDP's or the client's, not Discord's); `finished` says CDP
-    is known to be done with the request (so its ledger entry may close)."""
+    `decision` is the gate metric's label; `attribution` (creates only) is the health
+    sample and CDP's own error kind, if any (None: no sample, e.g. our own timeout on
+    CDP); `finished` says CDP is known to be done with the request (so its ledger entry
+    may close), `ok` whether it succeeded."""
 
     response: web.StreamResponse
     decision: str
-    ok: bool | None
+    attribution: Attribution | None = None
     finished: bool = False
     request_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        a = self.attribution
+        return self.finished and a is not None and a.sample is not False and a.kind is None
 
 
 def _timed_out() -> web.Response:
@@ -116,34 +125,37 @@ class Proxy:
     async def forward(
         self,
         request: web.Request,
-        body: bytes,
+        body: bytes | aiohttp.StreamReader,
         *,
-        create: bool,
-        on_request_id: Callable[[str], None] | None = None,
+        create: str | None = None,
+        on_answer: Callable[[str | None], None] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> Outcome:
-        """Forward `request`; `on_request_id` hears CDP's X-Request-Id as soon as the
-        answer's headers arrive (before its body)."""
+        """Forward `request` with `body` (read whole, or streamed from the client);
+        `create` is the routed path of a channel-creating request (its answer is
+        attributed), None for any other; `on_answer` hears that CDP's answer started, with
+        its X-Request-Id if any, as soon as the headers arrive (before the body)."""
         try:
             upstream = await self._session.request(
                 request.method,
                 # The raw target, unnormalised: the path the gate classified.
                 URL(self._base + request.raw_path, encoded=True),
                 headers=forward_headers(request.headers, request.remote),
-                data=body if body else None,
+                data=body if body else None,  # an unread StreamReader is truthy
                 allow_redirects=False,
-                timeout=self._timeout,
+                timeout=timeout or self._timeout,
             )
         except TimeoutError:
             # Before ClientError: aiohttp's ServerTimeoutError is both. Our own timeout
             # on CDP is no evidence about Discord: no health sample.
-            return Outcome(_timed_out(), "upstream_timeout", ok=None)
+            return Outcome(_timed_out(), "upstream_timeout")
         except aiohttp.ClientError as exc:
             # CDP down or resetting is CDP's trouble, not Discord's: no health sample.
             return self._unavailable(exc)
         async with upstream:
             request_id = upstream.headers.get("X-Request-Id")
-            if request_id and on_request_id is not None:
-                on_request_id(request_id)
+            if on_answer is not None:
+                on_answer(request_id)
             length = upstream.content_length
             if length is not None and length <= _BUFFER_MAX:
                 return await self._buffered(upstream, create, request_id)
@@ -152,32 +164,31 @@ class Proxy:
     def _unavailable(self, exc: Exception) -> Outcome:
         self._log.warning("gate: upstream %s unreachable: %s", self.upstream, exc)
         response = error_response(502, "upstream_unavailable", "CDP (the upstream) is unreachable")
-        return Outcome(response, "upstream_unavailable", ok=None)
+        return Outcome(response, "upstream_unavailable")
 
     async def _buffered(
-        self, upstream: aiohttp.ClientResponse, create: bool, request_id: str | None
+        self, upstream: aiohttp.ClientResponse, create: str | None, request_id: str | None
     ) -> Outcome:
         try:
             data = await upstream.read()
         except TimeoutError:
-            return Outcome(_timed_out(), "upstream_timeout", ok=None, request_id=request_id)
+            return Outcome(_timed_out(), "upstream_timeout", request_id=request_id)
         except aiohttp.ClientError as exc:
             return self._unavailable(exc)
-        failure_seen = create and upstream.status >= 400 and any(m in data for m in FAILURE_MARKERS)
         response = web.Response(
             status=upstream.status,
             reason=upstream.reason,
             headers=response_headers(upstream.headers),
             body=data,
         )
-        ok = upstream.status < 500 and not failure_seen
-        return Outcome(response, "forwarded", ok=ok, finished=True, request_id=request_id)
+        verdict = None if create is None else attribute(create, upstream.status, data[:PEEK])
+        return Outcome(response, "forwarded", verdict, finished=True, request_id=request_id)
 
     async def _streamed(
         self,
         request: web.Request,
         upstream: aiohttp.ClientResponse,
-        create: bool,
+        create: str | None,
         request_id: str | None,
     ) -> Outcome:
         response = web.StreamResponse(
@@ -186,28 +197,27 @@ class Proxy:
             headers=response_headers(upstream.headers),
         )
         await response.prepare(request)
-        failure_seen = False
-        peeked = 0
+        # The first bytes of an answer that needs reading to be attributed.
+        peek = bytearray() if create is not None and needs_body(create, upstream.status) else None
         try:
             async for chunk in upstream.content.iter_any():
-                if create and upstream.status >= 400 and peeked < _FAILURE_PEEK:
-                    peeked += len(chunk)
-                    failure_seen = failure_seen or any(m in chunk for m in FAILURE_MARKERS)
+                if peek is not None and len(peek) < PEEK:
+                    peek += chunk[: PEEK - len(peek)]
                 await response.write(chunk)
             await response.write_eof()
         except TimeoutError:
             # CDP went quiet mid-answer: our own timeout, no evidence about Discord (no
             # sample); CDP may still be using the channel, so the ledger keeps the
             # request open (its channel protected).
-            return Outcome(response, "upstream_timeout", ok=None, request_id=request_id)
+            return Outcome(response, "upstream_timeout", request_id=request_id)
         except ConnectionResetError:
             # The client went away mid-stream: not Discord's fault, no sample; CDP
             # finishes the request on its own.
-            return Outcome(response, "client_disconnected", ok=None, request_id=request_id)
+            return Outcome(response, "client_disconnected", request_id=request_id)
         except aiohttp.ClientError as exc:
             # CDP broke off mid-answer (crash, reset): headers are gone, so just count
             # it; not Discord's fault.
             self._log.warning("gate: upstream broke off mid-answer: %s", exc)
-            return Outcome(response, "upstream_unavailable", ok=None, request_id=request_id)
-        ok = upstream.status < 500 and not failure_seen
-        return Outcome(response, "forwarded", ok=ok, finished=True, request_id=request_id)
+            return Outcome(response, "upstream_unavailable", request_id=request_id)
+        verdict = None if create is None else attribute(create, upstream.status, bytes(peek or b""))
+        return Outcome(response, "forwarded", verdict, finished=True, request_id=request_id)

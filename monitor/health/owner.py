@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from monitor.clock import Clock
@@ -32,7 +32,13 @@ from monitor.health.window import (
     window_settings,
 )
 from monitor.state import StateDir
-from monitor.vocab import OPEN_STATES
+from monitor.vocab import DISCORD_SOURCES, OPEN_STATES
+
+# Sources whose success means the monitor itself reached Discord (a probe, and the
+# gateway session when it reports one). A gate or CDP-log sample is CDP's view, and the
+# status page is not Discord's API.
+REACH_SOURCES = DISCORD_SOURCES - {"gate", "cdplog", "statuspage"}
+_UNKNOWN_LOG_EVERY = 60.0  # seconds between repeats of the "cannot reach Discord" line
 
 
 def judge(
@@ -72,6 +78,7 @@ class Health:
         clock: Clock,
         state_dir: StateDir | None = None,
         logger: logging.Logger | None = None,
+        require_reach: bool = False,
     ) -> None:
         self._settings = window
         self._evaluate_interval = evaluate_interval
@@ -88,6 +95,12 @@ class Health:
         self._change = asyncio.Event()
         # None: the evaluation loop never started; False: it started and stopped.
         self._evaluating: bool | None = None
+        # Discord unknown is not Discord unstable (DESIGN section 2 item 4): until the
+        # monitor has reached Discord once, verdicts are `unknown` and the gate forwards.
+        # Without any probe of its own (`require_reach` False) there is nothing to wait for.
+        self.discord_reached_at: float | None = None if require_reach else clock.time()
+        self.unreachable_reason = "no Discord probe has finished yet"
+        self._last_unknown_log: float | None = None
 
     @classmethod
     def from_config(
@@ -105,6 +118,7 @@ class Health:
             clock=clock,
             state_dir=state_dir,
             logger=logger,
+            require_reach=config.probes.gateway.enabled or config.probes.rest.enabled,
         )
 
     def reconfigure(self, config: Config) -> None:
@@ -131,6 +145,18 @@ class Health:
     def add_sample(self, sample: Sample) -> None:
         """Probes, the CDP log and the gate feed the window through here."""
         self.window.append(sample)
+        if sample.ok and self.discord_reached_at is None and sample.source in REACH_SOURCES:
+            self.discord_reached_at = sample.at
+            self._log.info("Discord reached (%s); judging its health from now on", sample.source)
+
+    @property
+    def discord_reached(self) -> bool:
+        return self.discord_reached_at is not None
+
+    def note_unreachable(self, reason: str) -> None:
+        """Why Discord could not be reached (a failed probe's detail), for the log and
+        /status while it has never been reached."""
+        self.unreachable_reason = reason
 
     def evaluate(self, now: float) -> Verdict:
         """Judge the window at `now` and feed the verdict to the breaker."""
@@ -138,12 +164,32 @@ class Health:
         state = self.breaker.tick(now)  # an open period that just ended is half-open now
         since = self.breaker.since if state == STATE_HALF_OPEN else None
         verdict = judge(self.window, now, self._settings, half_open_since=since)
+        if not self.discord_reached:
+            verdict = self._unknown(verdict, now)
         self.breaker.record_verdict(verdict, now)
         self.verdict = verdict
         self.last_evaluation = now
         for listener in self.verdict_listeners:
             listener(verdict)
         return verdict
+
+    def _unknown(self, verdict: Verdict, now: float) -> Verdict:
+        """The `unknown` verdict: never unstable, so the breaker stays as it is, and said
+        loudly (the daemon cannot judge Discord at all)."""
+        last = self._last_unknown_log
+        if last is None or now - last >= _UNKNOWN_LOG_EVERY:
+            self._last_unknown_log = now
+            self._log.error(
+                "cannot reach Discord since start (%s): health unknown, forwarding channel "
+                "creates unchecked; check network access to Discord and discord.proxy",
+                self.unreachable_reason,
+            )
+        return replace(
+            verdict,
+            unstable=False,
+            conclusive=False,
+            reason=f"unknown: Discord not reached since start ({self.unreachable_reason})",
+        )
 
     async def run(self) -> None:
         """The evaluation loop (supervised by the daemon)."""
@@ -240,4 +286,9 @@ class Health:
             },
             "paused": self.breaker.paused,
             "health": None if self.verdict is None else self.verdict.as_dict(),
+            "discord_reachable": {
+                "reachable": self.discord_reached,
+                "since": self.discord_reached_at,
+                "reason": None if self.discord_reached else self.unreachable_reason,
+            },
         }

@@ -21,6 +21,7 @@ from monitor.config import Config
 from monitor.discord.gateway import probe_gateway
 from monitor.discord.rest import DiscordRestClient
 from monitor.errors import DiscordError, DiscordUnauthorized
+from monitor.health.owner import REACH_SOURCES, Health
 from monitor.health.window import Sample, statuspage_ok
 from monitor.httpserve import descriptor_pressure
 from monitor.metrics import Metrics
@@ -57,6 +58,11 @@ class ProbeContext:
     logger: logging.Logger
     gateway_url: str | None = None  # learned from GET /gateway when not configured
 
+    @property
+    def discord_http(self) -> aiohttp.ClientSession:
+        """Discord's own session (through `discord.proxy`): the REST client's."""
+        return self.rest.session
+
     async def resolve_gateway_url(self) -> str:
         if self.config.discord.gateway_url:
             return self.config.discord.gateway_url
@@ -67,7 +73,7 @@ class ProbeContext:
             if self.rest.banned_for > 0:  # the IP is banned from the API: don't ask
                 raise DiscordError(f"GET /gateway: Cloudflare ban for {self.rest.banned_for:.0f}s")
             try:
-                async with self.session.get(
+                async with self.discord_http.get(
                     self.config.discord.api_base.rstrip("/") + "/gateway",
                     timeout=aiohttp.ClientTimeout(total=self.config.probes.gateway.timeout),
                 ) as resp:
@@ -93,7 +99,7 @@ async def gateway_probe(ctx: ProbeContext) -> ProbeResult:
         return ProbeResult(
             "gateway", False, ctx.clock.monotonic() - started, f"GET /gateway: {exc}"
         )
-    result = await probe_gateway(url, session=ctx.session, timeout=timeout, clock=ctx.clock)
+    result = await probe_gateway(url, session=ctx.discord_http, timeout=timeout, clock=ctx.clock)
     if not result.ok and not ctx.config.discord.gateway_url:
         ctx.gateway_url = None  # ask again next time; Discord may have moved the gateway
     detail = "ok" if result.ok else f"{result.outcome} in {result.phase}: {result.error}"
@@ -230,8 +236,13 @@ async def run_probe(name: str, ctx: ProbeContext) -> ProbeResult:
     )
 
 
-def record_probe(result: ProbeResult, metrics: Metrics) -> Sample | None:
-    """Export a probe result as metrics; return the health sample it contributes, if any."""
+def record_probe(
+    result: ProbeResult, metrics: Metrics, health: Health | None = None
+) -> Sample | None:
+    """Export a probe result as metrics; return the health sample it contributes, if any.
+    A failed Discord probe tells `health` why Discord may be unreachable."""
+    if health is not None and not result.ok and result.probe in REACH_SOURCES:
+        health.note_unreachable(f"{result.probe} probe: {result.detail}")
     metrics.probe_success.labels(probe=result.probe).set(1 if result.ok else 0)
     metrics.probe_duration.labels(probe=result.probe).set(result.duration)
     if result.probe == "gateway":
