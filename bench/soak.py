@@ -1,0 +1,618 @@
+"""Soak: the daemon (a real `python -m monitor run` process) in front of the CDP emulator,
+a steady chat load through its gate, and faults rotating for a while in compressed time:
+Discord 5xx, shared 429 storms, 429s on the create route, a Cloudflare ban, gateway drops,
+op 7, a CDP restart with Coze silent, and the daemon SIGKILLed and restarted every few
+minutes. Then the faults clear, the load stops, and after a recovery period it prints the
+invariants and figures in one table, measured from the simulator, the emulator, the audit
+log and /proc (never from the daemon's own counters; /status only for the breaker state).
+
+    PYTHONPATH=$PWD .venv/bin/python bench/soak.py --minutes 3
+
+Exits 1 when an invariant fails. How each is counted is said next to it in the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+from monitor import USER_AGENT
+from monitor.demo.settings import CREATE_ROUTE, ScenarioSettings, daemon_config_dict
+from monitor.sim.cdp import CdpEmulator, CdpSettings
+from monitor.sim.discord import DiscordSimulator, SimSettings
+from monitor.vocab import CHANNEL_PREFIX, OPEN_STATES
+
+STATUS_EVERY = 0.2  # seconds between /status samples
+PROC_EVERY = 1.0  # seconds between /proc samples
+OPEN_GRACE = 0.5  # a create this soon after the breaker was first seen open was in flight
+CHAT = "/v1/chat/completions"
+# The recovery period lasts at least this many of CDP's whole create retries (an abandoned
+# attempt's channel can appear that late) before the end is judged.
+RECOVERY_LEAST = 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+# --- what the stand-ins saw ----------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    """Everything measured outside the daemon, with monotonic times."""
+
+    discord: list[tuple[float, str, str, int, bool]] = field(default_factory=list)
+    # (t, method, path, status, by the daemon): every REST request the simulator served
+    deletes: list[tuple[float, int, str, int, bool]] = field(default_factory=list)
+    # (t, channel id, name, status, by the daemon)
+    cdp_uses: list[tuple[float, int, int]] = field(default_factory=list)
+    # (t, channel id, status): CDP's own non-DELETE requests on a channel
+    creates: list[float] = field(default_factory=list)  # chat requests CDP received
+    open_rids: dict[str, float] = field(default_factory=dict)  # CDP requests in flight
+    rid_spans: dict[str, tuple[float, float]] = field(default_factory=dict)
+    status: list[tuple[float, str | None, Any, bool]] = field(default_factory=list)
+    # (t, breaker state or None when unreachable, since, paused)
+
+
+def sim_recorder(sim: DiscordSimulator, seen: Seen) -> Any:
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        path = request.path
+        if not path.startswith("/api/"):
+            return await handler(request)
+        t, status = now(), 500
+        parts = path.split("/")
+        cid = (
+            int(parts[4]) if len(parts) > 4 and parts[3] == "channels" and parts[4].isdigit() else 0
+        )
+        channel = sim.state.channels.get(cid) if cid else None
+        name = channel.name if channel is not None else ""
+        mine = request.headers.get("User-Agent", "") == USER_AGENT
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            seen.discord.append((t, request.method, path, status, mine))
+            if cid and request.method == "DELETE" and len(parts) == 5:
+                seen.deletes.append((t, cid, name, status, mine))
+            elif cid and not mine:
+                seen.cdp_uses.append((t, cid, status))
+
+    return record
+
+
+def cdp_recorders(seen: Seen) -> tuple[Any, Any]:
+    """Outermost: when CDP received each chat request. Innermost: its request id's span
+    (the id names the channel the request creates)."""
+    try:
+        from monitor.sim.cdp.handlers import REQUEST_ID
+    except ImportError:  # the emulator moved it: spans unknown, the 10003 check remains
+        REQUEST_ID = None
+
+    @web.middleware
+    async def outer(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "POST" and request.path == CHAT:
+            seen.creates.append(now())
+        return await handler(request)
+
+    @web.middleware
+    async def inner(request: web.Request, handler: Any) -> web.StreamResponse:
+        rid = REQUEST_ID.get(None) if REQUEST_ID is not None else None
+        if rid is None or request.path != CHAT:
+            return await handler(request)
+        seen.open_rids[rid] = now()
+        try:
+            return await handler(request)
+        finally:
+            seen.rid_spans[rid] = (seen.open_rids.pop(rid), now())
+
+    return outer, inner
+
+
+# --- the daemon as a process ---------------------------------------------------------
+
+
+@dataclass
+class Incarnation:
+    pid: int
+    started: float
+    ended: float | None = None
+    ready: bool = False  # samples are taken from readiness on (imports are not the soak)
+    samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t, rss kB, fds)
+
+
+class DaemonProc:
+    def __init__(self, config: Path, log: Path, control_url: str, token: str) -> None:
+        self.config, self.log_path = config, log
+        self.control_url, self.headers = control_url, {"Authorization": f"Bearer {token}"}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lives: list[Incarnation] = []
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "monitor", "run", "-c", str(self.config),
+                stdout=log, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+        self.lives.append(Incarnation(self.proc.pid, now()))
+        deadline = now() + 60
+        while now() < deadline:
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}: see {self.log_path}")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.get(self.control_url + "/readyz") as resp:
+                    if resp.status == 200:
+                        self.lives[-1].ready = True
+                        self.sample_proc()
+                        return
+            await asyncio.sleep(0.1)
+        raise RuntimeError("daemon not ready within 60 s")
+
+    async def end(self, sig: int) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            await asyncio.wait_for(self.proc.wait(), 20)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        self.lives[-1].ended = now()
+
+    def sample_proc(self) -> None:
+        if self.proc is None or self.proc.returncode is not None or not self.lives[-1].ready:
+            return
+        pid = self.proc.pid
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            fds = len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            return
+        rss = next(int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS:"))
+        self.lives[-1].samples.append((now(), rss, fds))
+
+
+# --- the run -------------------------------------------------------------------------
+
+
+def fault_rotation(slot: float) -> list[tuple[str, dict[str, Any], bool]]:
+    """(name, PUT /_sim/faults body, restart CDP and silence Coze too)."""
+    storm = {"shared_429_rate": 0.6, "shared_429_retry_after": 2.0}
+    # A 429 storm on the create route alone (scope "shared", as Discord answers a
+    # route another app's load exhausted): what CDP's creates run into.
+    route_429 = {"shared_429_rate": 0.9, "shared_429_retry_after": 1.0, "routes": [CREATE_ROUTE]}
+    return [
+        ("Discord 5xx (50%)", {"rest": {"error_rate": 0.5, "error_status": 503}}, False),
+        ("shared 429 storm", {"rest": storm}, False),
+        ("429s on the create route", {"rest": route_429}, False),
+        ("Cloudflare ban", {"rest": {"cloudflare_ban_s": slot}}, False),
+        ("gateway drops (4000)", {"gateway": {"close_code": 4000}}, False),
+        ("gateway op 7", {"gateway": {"reconnect": True}}, False),
+        ("CDP restart + Coze silent", {"coze": {"silence": True}}, True),
+    ]
+
+
+class Soak:
+    def __init__(self, minutes: float, rate: float, workdir: Path, seed: int) -> None:
+        self.total = minutes * 60
+        self.rate, self.workdir, self.seed = rate, workdir, seed
+        self.seen = Seen()
+        self.load: Counter[str] = Counter()
+        self.timeline: list[tuple[float, str]] = []
+        self.t0 = now()
+        self.settings = ScenarioSettings(seed=seed, rate=rate)
+        self.sim = DiscordSimulator(SimSettings(channel_limit=500, seed=seed))
+        self.sim.app.middlewares.insert(0, sim_recorder(self.sim, self.seen))
+        cdp_log = workdir / "cdp.log"
+        cdp_log.touch()
+        self.cdp_log = cdp_log
+        self.cdp: CdpEmulator | None = None
+        self.daemon: DaemonProc | None = None
+        self.budget = 0.0
+
+    def mark(self, what: str) -> None:
+        self.timeline.append((now() - self.t0, what))
+        print(f"[{now() - self.t0:7.1f}s] {what}", flush=True)
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        await self.sim.start("127.0.0.1", 0)
+        s = self.settings
+        cdp_settings = CdpSettings(
+            discord_api_base=self.sim.api_base,
+            guild_id=self.sim.settings.guild_id,
+            token=self.sim.settings.token,
+            attempt_timeout=s.attempt_timeout,
+            attempts=s.attempts,
+            reply_delay=s.reply_delay,
+            auto_delete=s.auto_delete,
+            log_path=self.cdp_log,
+            seed=self.seed,
+        )
+        cdp = self.cdp = CdpEmulator(cdp_settings)
+        outer, inner = cdp_recorders(self.seen)
+        cdp.app.middlewares.insert(0, outer)
+        cdp.app.middlewares.append(inner)
+        await cdp.start("127.0.0.1", 0)
+        config = daemon_config_dict(
+            s, self.sim, cdp, state_dir=self.workdir / "state", cdp_log=self.cdp_log
+        )
+        gate_port, control_port = free_port(), free_port()
+        config["gate"]["listen"] = f"127.0.0.1:{gate_port}"
+        config["control"]["listen"] = f"127.0.0.1:{control_port}"
+        self.budget = float(config["discord"]["global_rate"])
+        self.gate_url = f"http://127.0.0.1:{gate_port}"
+        path = self.workdir / "monitor.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.daemon = DaemonProc(
+            path,
+            self.workdir / "daemon.log",
+            f"http://127.0.0.1:{control_port}",
+            config["control"]["token"],
+        )
+        await self.daemon.start(http)
+        self.mark(f"daemon pid {self.daemon.lives[-1].pid} ready")
+
+    async def stop(self) -> None:
+        if self.daemon is not None:
+            await self.daemon.end(signal.SIGTERM)
+        if self.cdp is not None:
+            await self.cdp.stop()
+        await self.sim.stop()
+
+    # -- background loops ------------------------------------------------------------
+
+    async def one_chat(self, http: aiohttp.ClientSession, n: int) -> None:
+        body = {
+            "model": "gpt-4o",
+            "messages": [{"role": "user", "content": f"soak {n}"}],
+            "stream": n % 2 == 0,
+        }
+        try:
+            async with http.post(
+                self.gate_url + CHAT, json=body, timeout=aiohttp.ClientTimeout(total=30)
+            ) as resp:
+                await resp.read()
+                self.load[str(resp.status)] += 1
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.load[type(exc).__name__] += 1
+
+    async def run_load(self, http: aiohttp.ClientSession, until: float) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        n = 0
+        while now() < until:
+            task = asyncio.create_task(self.one_chat(http, n))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            n += 1
+            await asyncio.sleep(1 / self.rate)
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def watch_status(self, http: aiohttp.ClientSession) -> None:
+        assert self.daemon is not None
+        while True:
+            if len(self.seen.status) % round(PROC_EVERY / STATUS_EVERY) == 0:
+                self.daemon.sample_proc()
+            t = now()
+            try:
+                async with http.get(
+                    self.daemon.control_url + "/status",
+                    headers=self.daemon.headers,
+                    timeout=aiohttp.ClientTimeout(total=2),
+                ) as resp:
+                    data = await resp.json()
+                b = data["breaker"]
+                self.seen.status.append((t, b["state"], b["since"], bool(data["paused"])))
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+                self.seen.status.append((t, None, None, False))
+            await asyncio.sleep(STATUS_EVERY)
+
+    async def faults(self, http: aiohttp.ClientSession, start: float, end: float) -> None:
+        assert self.cdp is not None
+        span = end - start
+        slot = max(16.0, min(45.0, span / 7))
+        on = slot * 0.7
+        rotation = fault_rotation(on)
+        i = 0
+        await asyncio.sleep(max(0.0, start - now()))
+        while now() + slot <= end + 1:
+            name, body, cdp_too = rotation[i % len(rotation)]
+            i += 1
+            async with http.put(self.sim.admin_url + "/faults", json=body) as resp:
+                resp.raise_for_status()
+            if cdp_too:
+                await self.cdp_fault(http, True)
+            self.mark(f"fault on: {name}")
+            await asyncio.sleep(on)
+            async with http.delete(self.sim.admin_url + "/faults") as resp:
+                resp.raise_for_status()
+            if cdp_too:
+                await self.cdp_fault(http, False)
+            self.mark(f"fault off: {name}")
+            await asyncio.sleep(slot - on)
+
+    async def cdp_fault(self, http: aiohttp.ClientSession, on: bool) -> None:
+        """A CDP restart (delete timers forgotten) and Coze silent on CDP's side too, where
+        the emulator has a faults API (it answers 404/405 where it has none)."""
+        assert self.cdp is not None
+        admin = self.cdp.admin_url
+        if on:
+            async with http.post(admin + "/restart") as resp:
+                self.mark(f"CDP restart: {resp.status} {await resp.text()}")
+            req = http.put(admin + "/faults", json={"coze": {"silence": True}})
+        else:
+            req = http.delete(admin + "/faults")
+        async with req as resp:
+            await resp.read()
+
+    async def killer(self, http: aiohttp.ClientSession, every: float, until: float) -> None:
+        assert self.daemon is not None
+        t = self.t0 + every
+        while t < until:
+            await asyncio.sleep(max(0.0, t - now()))
+            await self.daemon.end(signal.SIGKILL)
+            self.mark(f"daemon pid {self.daemon.lives[-1].pid} SIGKILLed")
+            await self.daemon.start(http)
+            self.mark(f"daemon pid {self.daemon.lives[-1].pid} ready")
+            t += every
+
+    async def recover(self, least: float, until: float) -> None:
+        """At least `least` seconds (late channels of abandoned attempts still appear),
+        then until the breaker is closed and no cdp-chat- channel is left for 3 s in a
+        row, or `until`."""
+        clean_since: float | None = None
+        while now() < until:
+            last = self.seen.status[-1] if self.seen.status else None
+            closed = last is not None and last[1] == "closed" and not last[3]
+            if not (closed and not self.leftover()):
+                clean_since = None
+            elif clean_since is None:
+                clean_since = now()
+            elif now() >= least and now() - clean_since >= 3.0:
+                return
+            await asyncio.sleep(0.5)
+
+    def leftover(self) -> list[int]:
+        open_names = {CHANNEL_PREFIX + rid for rid in self.seen.open_rids}
+        return [
+            c.id
+            for c in self.sim.state.channels.values()
+            if c.name.startswith(CHANNEL_PREFIX) and c.name not in open_names
+        ]
+
+    async def run(self) -> int:
+        async with aiohttp.ClientSession() as http:
+            try:
+                await self.start(http)
+                self.t0 = now()
+                faults_start, faults_end = self.t0 + 0.08 * self.total, self.t0 + 0.7 * self.total
+                load_end = self.t0 + 0.8 * self.total
+                kill_every = max(40.0, self.total / 6)
+                watcher = asyncio.create_task(self.watch_status(http))
+                loops = [
+                    self.run_load(http, load_end),
+                    self.faults(http, faults_start, faults_end),
+                    self.killer(http, kill_every, faults_end),
+                ]
+                await asyncio.gather(*loops)
+                self.mark("load drained; recovery period")
+                settle = RECOVERY_LEAST * self.settings.attempt_timeout * self.settings.attempts
+                await self.recover(now() + settle, max(now() + 60, self.t0 + self.total))
+                self.mark("recovery over")
+                await asyncio.sleep(1.0)
+                self.end_status = self.seen.status[-1] if self.seen.status else None
+                self.leaked = self.leftover()
+                assert self.daemon is not None
+                self.daemon.sample_proc()
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            finally:
+                await self.stop()
+        return report(self)
+
+
+# --- the table -----------------------------------------------------------------------
+
+
+def audit_ids(state_dir: Path) -> set[int]:
+    ids: set[int] = set()
+    path = state_dir / "audit.jsonl"
+    if not path.exists():
+        return ids
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            row = json.loads(line)
+            if row["event"] in ("intent", "deleted"):
+                ids.add(int(row["channel_id"]))
+    return ids
+
+
+def wrong_deletions(seen: Seen) -> tuple[set[int], set[int]]:
+    """Channels the daemon deleted that CDP still used afterwards (10003 on its sends and
+    edits), and those whose request (the channel's name carries its id) was still open
+    at the time of the DELETE while CDP had already posted in it."""
+    deleted = {cid: t for t, cid, _n, st, mine in seen.deletes if mine and st < 300}
+    used_after = {cid for t, cid, _st in seen.cdp_uses if cid in deleted and t >= deleted[cid]}
+    posted = {cid for t, cid, st in seen.cdp_uses if st < 300}
+    open_at_delete = set()
+    names = {cid: n for _t, cid, n, st, mine in seen.deletes if mine and st < 300}
+    for cid, t in deleted.items():
+        rid = names[cid].removeprefix(CHANNEL_PREFIX)
+        span = seen.rid_spans.get(rid) or (
+            (seen.open_rids[rid], float("inf")) if rid in seen.open_rids else None
+        )
+        if span is not None and span[0] <= t < span[1] and cid in posted:
+            open_at_delete.add(cid)
+    return used_after, open_at_delete
+
+
+def creates_while_open(seen: Seen) -> tuple[int, int]:
+    """Creates CDP received between two /status samples that both said open (or paused)
+    with the same `since` (so no half-open trial in between), more than OPEN_GRACE after
+    the first sample of that open spell. Returns (counted, excused as in flight)."""
+    samples = [s for s in seen.status if s[1] is not None]
+    counted = excused = 0
+    j = 0
+    spell_start: dict[Any, float] = {}
+    for t, state, since, paused in samples:
+        if state in OPEN_STATES or paused:
+            spell_start.setdefault((state, since, paused), t)
+    for t in sorted(seen.creates):
+        while j + 1 < len(samples) and samples[j + 1][0] <= t:
+            j += 1
+        if j + 1 >= len(samples) or samples[j][0] > t:
+            continue
+        a, b = samples[j], samples[j + 1]
+        shut_a = a[1] in OPEN_STATES or a[3]
+        if not shut_a or (a[1], a[2], a[3]) != (b[1], b[2], b[3]):
+            continue
+        if t - spell_start[(a[1], a[2], a[3])] < OPEN_GRACE:
+            excused += 1
+        else:
+            counted += 1
+    return counted, excused
+
+
+def per_minute(seen: Seen) -> tuple[float, int, int]:
+    """The daemon's REST requests: mean per minute, the busiest 60 s, the busiest 1 s."""
+    times = sorted(t for t, _m, _p, _s, mine in seen.discord if mine)
+    if not times:
+        return 0.0, 0, 0
+
+    def busiest(width: float) -> int:
+        best = lo = 0
+        for hi, t in enumerate(times):
+            while times[lo] <= t - width:
+                lo += 1
+            best = max(best, hi - lo + 1)
+        return best
+
+    span = max(times[-1] - times[0], 60.0)
+    return len(times) / span * 60, busiest(60.0), busiest(1.0)
+
+
+def proc_row(life: Incarnation | None) -> str:
+    if life is None or not life.samples:
+        return "no samples"
+    (t0, rss0, fd0), (t1, rss1, fd1) = life.samples[0], life.samples[-1]
+    return (
+        f"RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB, fds {fd0} -> {fd1} over {t1 - t0:.0f} s"
+    )
+
+
+def report(soak: Soak) -> int:
+    seen = soak.seen
+    assert soak.daemon is not None
+    state_dir = soak.workdir / "state"
+    daemon_deleted = {cid for _t, cid, _n, st, mine in seen.deletes if mine and st < 300}
+    unaudited = daemon_deleted - audit_ids(state_dir)
+    used_after, open_at_delete = wrong_deletions(seen)
+    wrong = used_after | open_at_delete
+    counted, excused = creates_while_open(seen)
+    end = getattr(soak, "end_status", None)
+    stuck = end is None or end[1] != "closed" or end[3]
+    leaked = soak.leaked
+    mean_pm, peak_pm, peak_s = per_minute(seen)
+    budget_pm = soak.budget * 60
+    lives = soak.daemon.lives
+    longest = max(lives, key=lambda lf: (lf.ended or now()) - lf.started)
+    cdp_deletes = sum(1 for _t, _c, _n, st, mine in seen.deletes if not mine and st < 300)
+    rows: list[tuple[str, str, str, bool | None]] = []
+
+    def row(name: str, value: str, detail: str, ok: bool | None = None) -> None:
+        rows.append((name, value, detail, ok))
+
+    row(
+        "wrong deletions",
+        str(len(wrong)),
+        f"{len(used_after)} used by CDP after the daemon's DELETE (10003), "
+        f"{len(open_at_delete)} deleted while their request was open",
+        not wrong,
+    )
+    row(
+        "deletions without an audit line",
+        str(len(unaudited)),
+        f"{len(daemon_deleted)} daemon DELETEs served 2xx vs audit.jsonl intent/deleted ids",
+        not unaudited,
+    )
+    end_text = f"{end[1]}, paused={end[3]}" if end else "unreachable"
+    row("breaker stuck after faults clear", "YES" if stuck else "no", end_text, not stuck)
+    row(
+        "creates let through while open/paused",
+        str(counted),
+        f"{len(seen.creates)} creates reached CDP; {excused} within {OPEN_GRACE}s "
+        "of the first open sample excused as in flight",
+        counted == 0,
+    )
+    row(
+        "leaked channels at the end",
+        str(len(leaked)),
+        f"cdp-chat-* left in the simulator; {len(seen.open_rids)} requests still open",
+        not leaked,
+    )
+    row(
+        "daemon's Discord requests per minute",
+        f"{mean_pm:.0f} mean, {peak_pm} busiest 60 s",
+        f"budget {budget_pm:.0f}/min (global_rate {soak.budget:g}/s); busiest second {peak_s}",
+        peak_pm <= budget_pm,
+    )
+    row("RSS / fds, last incarnation", "", proc_row(lives[-1]))
+    row("RSS / fds, longest-lived incarnation", "", proc_row(longest))
+    row("daemon incarnations", str(len(lives)), f"{len(lives) - 1} SIGKILLed and restarted")
+    cdp_requests = sum(1 for r in seen.discord if not r[4])
+    row("CDP's own Discord requests", str(cdp_requests), f"{cdp_deletes} DELETEs (auto-delete)")
+    outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(soak.load.items()))
+    row("client requests by outcome", str(sum(soak.load.values())), outcomes)
+    print()
+    print("| measure | value | how measured / detail | holds |")
+    print("|---|---|---|---|")
+    for name, value, detail, ok in rows:
+        verdict = "" if ok is None else ("yes" if ok else "**NO**")
+        print(f"| {name} | {value} | {detail} | {verdict} |")
+    return 0 if all(ok is not False for *_x, ok in rows) else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=20.0, help="compressed run length")
+    parser.add_argument("--rate", type=float, default=3.0, help="chat requests per second")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workdir", type=Path, help="keep the state dir and logs here")
+    args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        workdir.mkdir(parents=True, exist_ok=True)
+        print(f"soak: {args.minutes:g} min, {args.rate:g} req/s, workdir {workdir}", flush=True)
+        return asyncio.run(Soak(args.minutes, args.rate, workdir, args.seed).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
