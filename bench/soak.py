@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -202,20 +203,22 @@ class DaemonProc:
 # --- the run -------------------------------------------------------------------------
 
 
-def fault_rotation(slot: float) -> list[tuple[str, dict[str, Any], bool]]:
-    """(name, PUT /_sim/faults body, restart CDP and silence Coze too)."""
+def fault_rotation(slot: float) -> list[tuple[str, dict[str, Any], str]]:
+    """(name, PUT /_sim/faults body, what else: "" | "cdp" (restart CDP, Coze silent on
+    its side too) | "pause" (an operator pause through the control API))."""
     storm = {"shared_429_rate": 0.6, "shared_429_retry_after": 2.0}
     # A 429 storm on the create route alone (scope "shared", as Discord answers a
     # route another app's load exhausted): what CDP's creates run into.
     route_429 = {"shared_429_rate": 0.9, "shared_429_retry_after": 1.0, "routes": [CREATE_ROUTE]}
     return [
-        ("Discord 5xx (50%)", {"rest": {"error_rate": 0.5, "error_status": 503}}, False),
-        ("shared 429 storm", {"rest": storm}, False),
-        ("429s on the create route", {"rest": route_429}, False),
-        ("Cloudflare ban", {"rest": {"cloudflare_ban_s": slot}}, False),
-        ("gateway drops (4000)", {"gateway": {"close_code": 4000}}, False),
-        ("gateway op 7", {"gateway": {"reconnect": True}}, False),
-        ("CDP restart + Coze silent", {"coze": {"silence": True}}, True),
+        ("Discord 5xx (50%)", {"rest": {"error_rate": 0.5, "error_status": 503}}, ""),
+        ("shared 429 storm", {"rest": storm}, ""),
+        ("429s on the create route", {"rest": route_429}, ""),
+        ("Cloudflare ban", {"rest": {"cloudflare_ban_s": slot}}, ""),
+        ("gateway drops (4000)", {"gateway": {"close_code": 4000}}, ""),
+        ("gateway op 7", {"gateway": {"reconnect": True}}, ""),
+        ("CDP restart + Coze silent", {"coze": {"silence": True}}, "cdp"),
+        ("operator pause", {}, "pause"),
     ]
 
 
@@ -337,24 +340,28 @@ class Soak:
     async def faults(self, http: aiohttp.ClientSession, start: float, end: float) -> None:
         assert self.cdp is not None
         span = end - start
-        slot = max(16.0, min(45.0, span / 7))
+        slot = max(14.0, min(45.0, span / 8))
         on = slot * 0.7
         rotation = fault_rotation(on)
         i = 0
         await asyncio.sleep(max(0.0, start - now()))
         while now() + slot <= end + 1:
-            name, body, cdp_too = rotation[i % len(rotation)]
+            name, body, extra = rotation[i % len(rotation)]
             i += 1
             async with http.put(self.sim.admin_url + "/faults", json=body) as resp:
                 resp.raise_for_status()
-            if cdp_too:
+            if extra == "cdp":
                 await self.cdp_fault(http, True)
+            elif extra == "pause":
+                await self.control(http, "/pause", {"for": f"{on:.0f}s", "reason": "soak"})
             self.mark(f"fault on: {name}")
             await asyncio.sleep(on)
             async with http.delete(self.sim.admin_url + "/faults") as resp:
                 resp.raise_for_status()
-            if cdp_too:
+            if extra == "cdp":
                 await self.cdp_fault(http, False)
+            elif extra == "pause":
+                await self.control(http, "/resume", {})
             self.mark(f"fault off: {name}")
             await asyncio.sleep(slot - on)
 
@@ -371,6 +378,17 @@ class Soak:
             req = http.delete(admin + "/faults")
         async with req as resp:
             await resp.read()
+
+    async def control(self, http: aiohttp.ClientSession, path: str, body: Any) -> None:
+        """POST to the control API, again while the daemon is down (SIGKILLed)."""
+        assert self.daemon is not None
+        for _ in range(100):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                url = self.daemon.control_url + path
+                async with http.post(url, json=body, headers=self.daemon.headers) as resp:
+                    self.mark(f"control {path}: {resp.status}")
+                    return
+            await asyncio.sleep(0.2)
 
     async def killer(self, http: aiohttp.ClientSession, every: float, until: float) -> None:
         assert self.daemon is not None
@@ -519,6 +537,21 @@ def per_minute(seen: Seen) -> tuple[float, int, int]:
     return len(times) / span * 60, busiest(60.0), busiest(1.0)
 
 
+def shut_time(seen: Seen) -> tuple[float, float, int]:
+    """Seconds the samples said open (machine) and paused, and how many open spells:
+    without them the creates-while-open count would prove nothing."""
+    samples = [x for x in seen.status if x[1] is not None]
+    opened = paused = 0.0
+    spells: set[Any] = set()
+    for (t, state, since, p), (t2, *_rest) in itertools.pairwise(samples):
+        if p:
+            paused += t2 - t
+        elif state in OPEN_STATES:
+            opened += t2 - t
+            spells.add(since)
+    return opened, paused, len(spells)
+
+
 def proc_row(life: Incarnation | None) -> str:
     if life is None or not life.samples:
         return "no samples"
@@ -583,6 +616,12 @@ def report(soak: Soak) -> int:
         f"{mean_pm:.0f} mean, {peak_pm} busiest 60 s",
         f"budget {budget_pm:.0f}/min (global_rate {soak.budget:g}/s); busiest second {peak_s}",
         peak_pm <= budget_pm,
+    )
+    opened, paused, spells = shut_time(seen)
+    row(
+        "breaker open / paused (sampled)",
+        f"{opened:.0f} s / {paused:.0f} s",
+        f"{spells} open spells seen in {len(seen.status)} /status samples every {STATUS_EVERY}s",
     )
     row("RSS / fds, last incarnation", "", proc_row(lives[-1]))
     row("RSS / fds, longest-lived incarnation", "", proc_row(longest))
