@@ -78,6 +78,7 @@ class Seen:
     # (t, channel id, status): CDP's own non-DELETE requests on a channel
     creates: list[float] = field(default_factory=list)  # chat requests CDP received
     open_rids: dict[str, float] = field(default_factory=dict)  # CDP requests in flight
+    # (request ids lowercased, as Discord stores the channel names that carry them)
     rid_spans: dict[str, tuple[float, float]] = field(default_factory=dict)
     status: list[tuple[float, str | None, Any, bool]] = field(default_factory=list)
     # (t, breaker state or None when unreachable, since, paused)
@@ -133,6 +134,7 @@ def cdp_recorders(seen: Seen) -> tuple[Any, Any]:
         rid = REQUEST_ID.get(None) if REQUEST_ID is not None else None
         if rid is None or request.path != CHAT:
             return await handler(request)
+        rid = rid.lower()  # as in the channel's name: Discord lowercases names
         seen.open_rids[rid] = now()
         try:
             return await handler(request)
@@ -247,6 +249,8 @@ class Soak:
         self.cdp: CdpEmulator | None = None
         self.daemon: DaemonProc | None = None
         self.budget = 0.0
+        self.end_status: tuple[float, str | None, Any, bool] | None = None
+        self.leaked: list[int] = []
 
     def mark(self, what: str) -> None:
         self.timeline.append((now() - self.t0, what))
@@ -580,7 +584,7 @@ def report(soak: Soak) -> int:
     used_after, open_at_delete = wrong_deletions(seen)
     wrong = used_after | open_at_delete
     counted, excused = creates_while_open(seen)
-    end = getattr(soak, "end_status", None)
+    end = soak.end_status
     stuck = end is None or end[1] != "closed" or end[3]
     leaked = soak.leaked
     mean_pm, peak_pm, peak_s = per_minute(seen)
