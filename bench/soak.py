@@ -43,6 +43,7 @@ STATUS_EVERY = 0.2  # seconds between /status samples
 PROC_EVERY = 1.0  # seconds between /proc samples
 OPEN_GRACE = 0.5  # a create this soon after the breaker was first seen open was in flight
 CHAT = "/v1/chat/completions"
+SOAK_HEADER = "X-Soak-Request"  # the client request's number, to find when it was sent
 # The recovery period lasts at least this many of CDP's whole create retries (an abandoned
 # attempt's channel can appear that late) before the end is judged.
 RECOVERY_LEAST = 3
@@ -76,7 +77,9 @@ class Seen:
     # (t, channel id, name, status, by the daemon)
     cdp_uses: list[tuple[float, int, int]] = field(default_factory=list)
     # (t, channel id, status): CDP's own non-DELETE requests on a channel
-    creates: list[float] = field(default_factory=list)  # chat requests CDP received
+    creates: list[tuple[float, int]] = field(default_factory=list)
+    # (t, client request number or -1): chat requests CDP received
+    sent: dict[int, float] = field(default_factory=dict)  # client request number -> t
     open_rids: dict[str, float] = field(default_factory=dict)  # CDP requests in flight
     # (request ids lowercased, as Discord stores the channel names that carry them)
     rid_spans: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -126,7 +129,8 @@ def cdp_recorders(seen: Seen) -> tuple[Any, Any]:
     @web.middleware
     async def outer(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.method == "POST" and request.path == CHAT:
-            seen.creates.append(now())
+            number = request.headers.get(SOAK_HEADER, "")
+            seen.creates.append((now(), int(number) if number.isdigit() else -1))
         return await handler(request)
 
     @web.middleware
@@ -311,9 +315,13 @@ class Soak:
             "messages": [{"role": "user", "content": f"soak {n}"}],
             "stream": n % 2 == 0,
         }
+        self.seen.sent[n] = now()
         try:
             async with http.post(
-                self.gate_url + CHAT, json=body, timeout=aiohttp.ClientTimeout(total=30)
+                self.gate_url + CHAT,
+                json=body,
+                headers={SOAK_HEADER: str(n)},
+                timeout=aiohttp.ClientTimeout(total=30),
             ) as resp:
                 await resp.read()
                 self.load[str(resp.status)] += 1
@@ -506,18 +514,20 @@ def wrong_deletions(seen: Seen) -> tuple[set[int], set[int]]:
     return used_after, open_at_delete
 
 
-def creates_while_open(seen: Seen) -> tuple[int, int]:
+def creates_while_open(seen: Seen) -> tuple[list[str], int]:
     """Creates CDP received between two /status samples that both said open (or paused)
     with the same `since` (so no half-open trial in between), more than OPEN_GRACE after
-    the first sample of that open spell. Returns (counted, excused as in flight)."""
+    the first sample of that open spell. Returns (what each counted one was, how many
+    were excused as in flight)."""
     samples = [s for s in seen.status if s[1] is not None]
-    counted = excused = 0
+    counted: list[str] = []
+    excused = 0
     j = 0
     spell_start: dict[Any, float] = {}
     for t, state, since, paused in samples:
         if state in OPEN_STATES or paused:
             spell_start.setdefault((state, since, paused), t)
-    for t in sorted(seen.creates):
+    for t, number in sorted(seen.creates):
         while j + 1 < len(samples) and samples[j + 1][0] <= t:
             j += 1
         if j + 1 >= len(samples) or samples[j][0] > t:
@@ -529,7 +539,11 @@ def creates_while_open(seen: Seen) -> tuple[int, int]:
         if t - spell_start[(a[1], a[2], a[3])] < OPEN_GRACE:
             excused += 1
         else:
-            counted += 1
+            sent = seen.sent.get(number)
+            counted.append(
+                f"request {number} sent at {sent}, reached CDP at {t:.3f}; /status said "
+                f"{a[1]} (since {a[2]}, paused {a[3]}) at {a[0]:.3f} and at {b[0]:.3f}"
+            )
     return counted, excused
 
 
@@ -583,7 +597,8 @@ def report(soak: Soak) -> int:
     unaudited = daemon_deleted - audit_ids(state_dir)
     used_after, open_at_delete = wrong_deletions(seen)
     wrong = used_after | open_at_delete
-    counted, excused = creates_while_open(seen)
+    let_through, excused = creates_while_open(seen)
+    counted = len(let_through)
     end = soak.end_status
     stuck = end is None or end[1] != "closed" or end[3]
     leaked = soak.leaked
@@ -644,6 +659,8 @@ def report(soak: Soak) -> int:
     row("CDP's own Discord requests", str(cdp_requests), f"{cdp_deletes} DELETEs (auto-delete)")
     outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(soak.load.items()))
     row("client requests by outcome", str(sum(soak.load.values())), outcomes)
+    for line in let_through:
+        print(f"create while open: {line}")
     for cid in sorted(wrong):
         name = next(n for _t, c, n, _st, mine in seen.deletes if c == cid and mine)
         print(f"wrong deletion: {cid} {name}")
