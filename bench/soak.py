@@ -41,7 +41,6 @@ from monitor.vocab import CHANNEL_PREFIX, OPEN_STATES
 
 STATUS_EVERY = 0.2  # seconds between /status samples
 PROC_EVERY = 1.0  # seconds between /proc samples
-OPEN_GRACE = 0.5  # a create this soon after the breaker was first seen open was in flight
 CHAT = "/v1/chat/completions"
 SOAK_HEADER = "X-Soak-Request"  # the client request's number, to find when it was sent
 # The recovery period lasts at least this many of CDP's whole create retries (an abandoned
@@ -514,14 +513,17 @@ def wrong_deletions(seen: Seen) -> tuple[set[int], set[int]]:
     return used_after, open_at_delete
 
 
-def creates_while_open(seen: Seen) -> tuple[list[str], int]:
+def creates_while_open(seen: Seen) -> tuple[list[str], int, float]:
     """Creates CDP received between two /status samples that both said open (or paused)
-    with the same `since` (so no half-open trial in between), more than OPEN_GRACE after
-    the first sample of that open spell. Returns (what each counted one was, how many
-    were excused as in flight)."""
-    samples = [s for s in seen.status if s[1] is not None]
+    with the same `since` (so no half-open trial in between) whose client sent them after
+    the first sample of that open spell: the gate admitted them while it was open.
+    Creates sent before that sample were in flight when it opened (admitted, then up to
+    `gate.queue_wait` waiting for a slot, which does not look at the breaker again): they
+    are counted apart. Returns (each counted one, how many in flight, the latest of
+    those after the spell's first sample, in seconds)."""
+    samples = [x for x in seen.status if x[1] is not None]
     counted: list[str] = []
-    excused = 0
+    in_flight, lag = 0, 0.0
     j = 0
     spell_start: dict[Any, float] = {}
     for t, state, since, paused in samples:
@@ -533,18 +535,19 @@ def creates_while_open(seen: Seen) -> tuple[list[str], int]:
         if j + 1 >= len(samples) or samples[j][0] > t:
             continue
         a, b = samples[j], samples[j + 1]
-        shut_a = a[1] in OPEN_STATES or a[3]
-        if not shut_a or (a[1], a[2], a[3]) != (b[1], b[2], b[3]):
+        if not (a[1] in OPEN_STATES or a[3]) or (a[1], a[2], a[3]) != (b[1], b[2], b[3]):
             continue
-        if t - spell_start[(a[1], a[2], a[3])] < OPEN_GRACE:
-            excused += 1
-        else:
-            sent = seen.sent.get(number)
-            counted.append(
-                f"request {number} sent at {sent}, reached CDP at {t:.3f}; /status said "
-                f"{a[1]} (since {a[2]}, paused {a[3]}) at {a[0]:.3f} and at {b[0]:.3f}"
-            )
-    return counted, excused
+        start = spell_start[(a[1], a[2], a[3])]
+        sent = seen.sent.get(number)
+        if sent is not None and sent < start:
+            in_flight += 1
+            lag = max(lag, t - start)
+            continue
+        counted.append(
+            f"request {number} sent at {sent}, reached CDP at {t:.3f}; /status said "
+            f"{a[1]} (since {a[2]}, paused {a[3]}) from {start:.3f}, at {a[0]:.3f} and {b[0]:.3f}"
+        )
+    return counted, in_flight, lag
 
 
 def per_minute(seen: Seen) -> tuple[float, int, int]:
@@ -597,7 +600,7 @@ def report(soak: Soak) -> int:
     unaudited = daemon_deleted - audit_ids(state_dir)
     used_after, open_at_delete = wrong_deletions(seen)
     wrong = used_after | open_at_delete
-    let_through, excused = creates_while_open(seen)
+    let_through, in_flight, lag = creates_while_open(seen)
     counted = len(let_through)
     end = soak.end_status
     stuck = end is None or end[1] != "closed" or end[3]
@@ -630,8 +633,8 @@ def report(soak: Soak) -> int:
     row(
         "creates let through while open/paused",
         str(counted),
-        f"{len(seen.creates)} creates reached CDP; {excused} within {OPEN_GRACE}s "
-        "of the first open sample excused as in flight",
+        f"{len(seen.creates)} creates reached CDP; {in_flight} more reached it while open "
+        f"but were sent before (in flight; the latest {lag:.2f}s after the first open sample)",
         counted == 0,
     )
     row(
