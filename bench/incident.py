@@ -2,15 +2,18 @@
 
 Runs the scenario of `monitor.demo` (the run loop the demo narrates) twice in one
 process, with the same seed: clients (the openai SDK, retrying as deployed clients do)
-send chat requests through CDP (the emulator, with CDP's real leak: timed-out create
-attempts still create their channels later); Discord (the simulator) becomes unstable
-for a while, then recovers. The first run has nothing in front of CDP; the second has
+send chat requests through CDP (the emulator, CDP v4.6.5's real leak mechanism: creates
+queued on discordgo's bucket lock, 429s slept out, a 20 s client timeout, timed-out
+attempts that still create their channels later); Discord (the simulator) becomes
+unstable for a while (or, `--kind tokens`, CDP runs out of user tokens while Discord is
+fine), then recovers. The first run has nothing in front of CDP; the second has
 cdp-monitor's gate, breaker and reconciler. Time is compressed the same way in both
-(CDP's attempt timeout of 1.5 s instead of 60 s, probes every 250 ms), so one
-invocation takes about a minute.
+(every CDP timer divided by 60 / attempt timeout: 1.5 s instead of 60 s, the 20 s
+client timeout 0.5 s; probes every 250 ms), so one invocation takes about a minute.
 
-    .venv/bin/python bench/incident.py [--rate 3] [--outage 10] [--kind slow]
-        [--attempt-timeout 1.5] [--seed 7] [--scenario incident|prefill]
+    .venv/bin/python bench/incident.py [--rate 3] [--outage 10]
+        [--kind slow|ratelimit|hung|tokens] [--attempt-timeout 1.5] [--seed 7]
+        [--scenario incident|prefill]
 
 `--scenario prefill` starts with the guild 95% full of old leaked channels (475 of 500).
 The numbers are read from the simulator and the emulator (channels in the guild,
@@ -141,7 +144,8 @@ def parse_args() -> argparse.Namespace:
         "--attempt-timeout",
         type=float,
         default=d.attempt_timeout,
-        help="CDP's per-attempt create timeout, seconds (60 in real CDP)",
+        help="CDP's per-attempt create timeout, seconds (60 in real CDP); every CDP\n"
+        "timer is divided by the same factor",
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--client-retries", type=int, default=d.client_retries)

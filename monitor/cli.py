@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="0 = a free port")
     p.add_argument("--cdp", action="store_true", help="also run the CDP emulator")
     p.add_argument("--cdp-port", type=int, default=0)
+    p.add_argument(
+        "--cdp-time-scale", type=float, default=1.0, help="divides every CDP timer (default 1)"
+    )
+    p.add_argument("--cdp-log-dir", type=Path, default=None, help="CDP's --log-dir")
     p.add_argument("--guild-id", type=int, default=None)
     p.add_argument("--token", default="sim-token")
     p.add_argument("--channel-limit", type=int, default=500)
@@ -130,26 +134,43 @@ async def _run_sim(args: argparse.Namespace) -> int:
     info.update(user_token=settings.user_tokens[0], coze_bot_id=str(settings.coze_bot_id))
     emulator = None
     if args.cdp:
-        from monitor.sim.cdp import CdpEmulator, CdpSettings
-
-        emulator = CdpEmulator(
-            CdpSettings(
-                discord_api_base=sim.api_base, guild_id=settings.guild_id, token=settings.token
-            )
-        )
-        try:
-            await emulator.start(args.host, args.cdp_port)
-        except OSError as exc:
+        emulator = await _start_cdp(args, sim)
+        if emulator is None:
             await sim.stop()
-            raise MonitorError(f"cannot listen on {args.host}:{args.cdp_port}: {exc}") from exc
+            return EXIT_FAILURE
         info["cdp_url"] = emulator.base_url
         info["cdp_admin_url"] = emulator.admin_url
     print(json.dumps(info), flush=True)
+    if emulator is not None:
+        emulator.echo()  # its lines, the start lines first, on our stdout/stderr
     await stop.wait()
     if emulator is not None:
         await emulator.stop()
     await sim.stop()
     return EXIT_OK
+
+
+async def _start_cdp(args: argparse.Namespace, sim: Any) -> Any:
+    """The CDP emulator, configured by CDP's own environment variables; None when it
+    stops at start-up as CDP does (its `[FATAL]` line is on stderr)."""
+    from monitor.sim.cdp import CdpEmulator, CdpFatal, CdpSettings
+
+    if args.cdp_time_scale <= 0:
+        raise UsageError("--cdp-time-scale must be positive")
+    base = CdpSettings.for_simulator(sim, time_scale=args.cdp_time_scale, log_dir=args.cdp_log_dir)
+    emulator = CdpEmulator(base.with_env(os.environ))
+    # Coze thinks for longer than CDP's 1 s sleep after a prompt, after which CDP starts
+    # listening for the reply; an instant Coze would answer unheard.
+    sim.state.coze_faults.delay_ms = 2000.0 / args.cdp_time_scale
+    try:
+        await emulator.start(args.host, args.cdp_port)
+    except CdpFatal:
+        emulator.echo()
+        return None
+    except OSError as exc:
+        await sim.stop()
+        raise MonitorError(f"cannot listen on {args.host}:{args.cdp_port}: {exc}") from exc
+    return emulator
 
 
 def _stop_event() -> asyncio.Event:

@@ -85,7 +85,7 @@ def normalize_request_id(request_id: str) -> str:
 
 
 def request_id_from_channel_name(name: str) -> str | None:
-    """`cdp-chat-<id>` / `cdp-对话-<id>` (any case) → `<id>` lowercased; else None."""
+    """`cdp-chat-<id>` / `cdp-对话<id>` / `对话<id>` (any case) → `<id>` lowercased; else None."""
     low = name.lower()
     for prefix in CHANNEL_PREFIXES:
         if low.startswith(prefix):

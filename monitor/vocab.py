@@ -14,10 +14,12 @@ OPEN_STATES = frozenset({"open", "forced_open"})
 SOURCES = ("gateway", "rest", "gate", "cdplog", "cdp", "statuspage")
 DISCORD_SOURCES = frozenset(SOURCES) - {"cdp"}
 
-# CDP >= 4.4.3 names its channels cdp-chat-<requestId>; older versions cdp-对话-<id>.
+# CDP >= 4.4.3 names its channels cdp-chat-<requestId>; v4.0.8-v4.4.2 cdp-对话<requestId>
+# (no hyphen), earlier versions 对话<requestId>.
 CHANNEL_PREFIX = "cdp-chat-"
-LEGACY_CHANNEL_PREFIX = "cdp-对话-"
-CHANNEL_PREFIXES = (CHANNEL_PREFIX, LEGACY_CHANNEL_PREFIX)
+LEGACY_CHANNEL_PREFIX = "cdp-对话"
+LEGACY_CHANNEL_PREFIXES = (LEGACY_CHANNEL_PREFIX, "对话")
+CHANNEL_PREFIXES = (CHANNEL_PREFIX, *LEGACY_CHANNEL_PREFIXES)
 DEFAULT_NAME_PATTERN = r"^cdp-(chat|对话)-"
 
 TEMP_CHANNEL_STATES = ("active", "empty", "stale", "leaked")

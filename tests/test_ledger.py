@@ -61,7 +61,7 @@ def test_channel_names_map_to_requests_case_insensitively() -> None:
     entry = ledger.lookup_channel_name("cdp-chat-20240101abcdef")
     assert entry is not None and entry.state == "open"
     assert ledger.lookup_channel_name("CDP-CHAT-20240101ABCDEF") == entry
-    old = ledger.lookup_channel_name("cdp-对话-old42")
+    old = ledger.lookup_channel_name("cdp-对话old42")
     assert old is not None and old.state == "failed"
     assert ledger.lookup_channel_name("cdp-chat-old42") == old
     # Not a CDP name, another request, or no id at all.

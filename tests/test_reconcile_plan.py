@@ -44,8 +44,9 @@ def test_ledger_failed_deletes_regardless_of_age_and_messages() -> None:
     ledger.failed("late1", NOW - 1)
     ledger.failed("late2", NOW - 1)
     brand_new = chan(0, "cdp-chat-late1")
-    with_msgs = chan(1, "cdp-对话-late2", last_msg_age=0)
-    p = plan([brand_new, with_msgs], ledger.snapshot(), cfg(), NOW, guild_limit=500)
+    with_msgs = chan(1, "cdp-对话late2", last_msg_age=0)  # the v4.0.8-v4.4.2 name
+    legacy = cfg(name_pattern=r"^cdp-(chat-|对话)")
+    p = plan([brand_new, with_msgs], ledger.snapshot(), legacy, NOW, guild_limit=500)
     assert sorted(ids(p.actions)) == sorted([brand_new["id"], with_msgs["id"]])
     assert {a.reason for a in p.actions} == {"ledger_failed"}
 
@@ -59,7 +60,7 @@ def test_ledger_failed_still_needs_a_match_and_no_protection() -> None:
         name_pattern="^cdp-chat-",
         protected_channel_ids=frozenset({int(protected["id"])}),
     )
-    old_prefix = chan(0, "cdp-对话-x2")  # the ledger knows it, the custom pattern does not
+    old_prefix = chan(0, "cdp-对话x2")  # the ledger knows it, the custom pattern does not
     p = plan([protected, old_prefix], ledger.snapshot(), custom, NOW, guild_limit=500)
     assert p.actions == ()
     assert why_of(p, protected["id"]) == "protected id"

@@ -45,7 +45,11 @@ KIND_TYPE = {
 }
 OTHER_NAMES = ["general", "x-cdp-chat-{rid}", "cdp-chatter-{rid}", "cdpchat-{rid}"]
 PROP_SETTINGS = dict(
-    min_age=600.0, emergency_min_age=120.0, cdp_auto_delete=5.0, ledger_grace=120.0
+    min_age=600.0,
+    emergency_min_age=120.0,
+    cdp_auto_delete=5.0,
+    ledger_grace=120.0,
+    name_pattern=r"^cdp-(chat-|对话)",  # CDP's real prefixes, legacy `cdp-对话<rid>` too
 )
 
 
@@ -159,7 +163,7 @@ async def test_property_only_and_all_allowed_channels_are_deleted(
             if spec.kind == "cdp":
                 name = f"cdp-chat-{rid}"
             elif spec.kind == "cdp_old":
-                name = f"cdp-对话-{rid}"
+                name = f"cdp-对话{rid}"
             elif spec.kind == "other_text":
                 name = OTHER_NAMES[spec.other].format(rid=rid)
             else:

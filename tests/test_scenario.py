@@ -29,12 +29,18 @@ from monitor.demo import (
 )
 from monitor.demo.events import BreakerChanged, Event, OutageStarted, Recovered
 from monitor.demo.narration import event_text
+from monitor.demo.settings import cdp_faults
 from monitor.errors import ScenarioError
 from monitor.sim.discord import DiscordSimulator
 from monitor.vocab import CHANNEL_PREFIX
 from tests.helpers.sim import put_faults
 
-SHORT = ScenarioSettings(rate=2, healthy=1.5, outage=3.5, after=2, client_timeout=15, tail=15)
+# Creates hang past discordgo's client timeout: each request in the outage fails at once
+# and Discord still creates its channel afterwards (the queue-driven kind, `slow`, is
+# the demo's; it needs a longer outage to leak).
+SHORT = ScenarioSettings(
+    rate=2, healthy=1.5, outage=3.5, after=2, client_timeout=15, tail=15, outage_kind="hung"
+)
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +150,14 @@ async def test_prefilled_guild_gets_back_under_the_watermark_without_30013(
 
 async def test_demo_narrates_both_runs_and_summarises() -> None:
     out = io.StringIO()
-    tiny = ScenarioSettings(rate=2, healthy=1, outage=3, after=1, client_timeout=10, tail=10)
+    # Hung creates: every probe and the gate see them, so the breaker opens even in 3 s.
+    tiny = ScenarioSettings(
+        rate=2, healthy=1, outage=3, after=1, client_timeout=10, tail=10, outage_kind="hung"
+    )
     assert await run_demo(out=out, settings=tiny) == 0
     text = out.getvalue()
     assert "Run 1 of 2: without cdp-monitor" in text and "Run 2 of 2: with cdp-monitor" in text
-    assert "Discord becomes unstable" in text and "Discord recovers" in text
+    assert "The outage starts" in text and "Discord recovers" in text
     assert "breaker OPEN" in text
     assert "Side by side" in text and "channels left leaked at the end" in text
 
@@ -181,7 +190,19 @@ def test_settings_are_checked(bad: dict[str, object]) -> None:
 async def test_every_outage_kind_is_a_fault_the_simulator_takes(
     kind: str, discord_sim: DiscordSimulator, http: aiohttp.ClientSession
 ) -> None:
-    body = outage_faults(ScenarioSettings(outage_kind=kind))
-    faults = await put_faults(http, discord_sim, **body)
+    settings = ScenarioSettings(outage_kind=kind)
+    faults = await put_faults(http, discord_sim, **outage_faults(settings))
+    if kind == "tokens":  # CDP's own trouble: Discord stays fine
+        assert cdp_faults(settings) == {"user_tokens": []}
+        assert faults["rest"]["latency_ms"] == 0
+        return
+    assert cdp_faults(settings) is None
     assert "POST /guilds/{guild_id}/channels" in faults["rest"]["routes"]
-    assert faults["rest"]["latency_ms"] > ScenarioSettings().attempt_timeout * 1000
+    latency = faults["rest"]["latency_ms"] / 1000
+    if kind == "slow":  # under discordgo's client timeout: a queue, not an error
+        assert latency < settings.http_timeout < settings.attempt_timeout
+        assert latency * 4 > settings.attempt_timeout  # the 4th queued create passes it
+    if kind == "hung":  # past it: a 20 s error, the channel comes later
+        assert latency > settings.http_timeout
+    if kind == "ratelimit":
+        assert faults["rest"]["shared_429_rate"] > 0

@@ -79,6 +79,20 @@ class CreateTimedOut(Event):
 
 
 @dataclass(frozen=True)
+class CreateErrored(Event):
+    """A create ran into discordgo's 20 s client timeout: a 500 at once, no retry."""
+
+    http_timeout: float
+
+
+@dataclass(frozen=True)
+class CdpTrouble(Event):
+    """CDP failed a request for a reason of its own (no user token left)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class ChannelsLeaked(Event):
     count: int  # new since the last such event
     total: int

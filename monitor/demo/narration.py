@@ -10,7 +10,9 @@ from typing import TextIO
 
 from monitor.demo.events import (
     BreakerChanged,
+    CdpTrouble,
     ChannelsLeaked,
+    CreateErrored,
     CreateTimedOut,
     Draining,
     Event,
@@ -29,12 +31,22 @@ from monitor.demo.settings import ScenarioSettings
 from monitor.vocab import CHANNEL_PREFIX
 
 OUTAGE_TEXT: dict[str, str] = {
-    "slow": "channel creation hangs past CDP's attempt timeout, GET /gateway/bot is slow, "
-    "and the gateway sends HELLO late",
-    "refuse": "channel creation hangs past CDP's attempt timeout and the gateway refuses "
-    "connections",
-    "flaky": "channel creation hangs and often fails with 500, GET /gateway/bot fails, "
-    "and the gateway closes connections with 4000",
+    "slow": "each channel creation takes 0.8 of discordgo's 20 s client timeout, "
+    "GET /gateway/bot is slow and the gateway sends HELLO late",
+    "ratelimit": "a 429 storm on channel creation (discordgo sleeps out every one)",
+    "hung": "each channel creation takes longer than discordgo's 20 s client timeout, "
+    "and the gateway refuses connections",
+    "tokens": "Discord is fine, but CDP has no user token left (USER_AUTHORIZATION)",
+}
+_OUTAGE_EFFECT: dict[str, str] = {
+    "slow": "CDP's creates queue on discordgo's bucket lock: the k-th waits about k x "
+    "{latency:g}s, past CDP's {timeout:g}s attempt timeout, and CDP tries again "
+    "({attempts} attempts)",
+    "ratelimit": "discordgo sleeps out each 429 and retries, so CDP's attempts pass its "
+    "{timeout:g}s timeout and it tries again ({attempts} attempts)",
+    "hung": "discordgo gives up after {http:g}s: CDP fails the request at once, without "
+    "a retry, while Discord still creates the channel",
+    "tokens": "every chat request is a 500 before any channel is made",
 }
 
 WIDTH = 96
@@ -46,16 +58,17 @@ INTRO = """\
 cdp-monitor demo
 ================
 coze-discord-proxy (CDP) creates a temporary Discord channel for every chat request and
-deletes it a few seconds after the answer. When Discord is slow, CDP's channel creation
-times out and CDP tries again, but the attempt it gave up on still creates its channel
-later, with nobody left to delete it. Clients retry failed requests too. Enough of that
-and the guild reaches Discord's limit of {limit} channels: every new request fails with
-error 30013 and CDP is down until someone cleans up by hand.
+deletes it a few seconds after the answer. Its Discord library serialises every create of
+a guild on one lock, sleeps out every 429 and gives up on a request after 20 s; CDP gives
+each create 60 s and tries again, but the attempt it gave up on is never cancelled and
+creates its channel later, with nobody left to delete it. Clients retry failed requests
+too. Enough of that and the guild reaches Discord's limit of {limit} channels: every new
+request fails with error 30013 and CDP is down until someone cleans up by hand.
 
 This demo replays such an incident twice, on this machine only (127.0.0.1): a Discord
-simulator, a CDP emulator that leaks exactly the way CDP does, clients using the openai
-SDK and, in the second run, cdp-monitor in front of CDP. Time is compressed: CDP gives up
-on a channel after {timeout:g} s here (60 s in real CDP). It takes about a minute.
+simulator, a CDP emulator that behaves as CDP v4.6.5 does, clients using the openai SDK
+and, in the second run, cdp-monitor in front of CDP. Time is compressed: CDP gives up on
+a channel after {timeout:g} s here (60 s in real CDP). It takes about a minute.
 """
 
 COLUMN_HELP = """\
@@ -116,10 +129,25 @@ def event_text(event: Event) -> str:
     """The sentence for one event of a run."""
     match event:
         case OutageStarted():
+            effect = _OUTAGE_EFFECT[event.kind].format(
+                latency=event.create_latency,
+                timeout=event.attempt_timeout,
+                http=event.attempt_timeout / 3,
+                attempts=event.attempts,
+            )
+            return f"The outage starts: {OUTAGE_TEXT[event.kind]}; {effect}."
+        case CreateErrored():
             return (
-                f"Discord becomes unstable: {OUTAGE_TEXT[event.kind]}. Creating a channel "
-                f"now takes about {event.create_latency:g}s; CDP gives up on an attempt after "
-                f"{event.attempt_timeout:g}s and tries again ({event.attempts} attempts)."
+                "CDP: a create ran into discordgo's client timeout "
+                f"({event.http_timeout:g}s here, 20 s real): the request fails at once with "
+                '500 "config error,check logs" and no retry, while Discord goes on '
+                "creating the channel, which nobody will delete."
+            )
+        case CdpTrouble():
+            return (
+                f'CDP: 500 "{event.message}": its own trouble, not Discord\'s; no channel '
+                "is made, yet a gate that counts every CDP 500 as a Discord failure sees "
+                "one."
             )
         case Recovered():
             return "Discord recovers: every fault is cleared."
@@ -140,7 +168,7 @@ def event_text(event: Event) -> str:
             )
         case GuildFull():
             return (
-                "Discord answers 30013 (Maximum number of guild channels reached): "
+                "Discord answers 30013 (Maximum number of server channels reached): "
                 "the guild is full and every new chat request through CDP now fails."
             )
         case GateRefusing():
@@ -215,7 +243,8 @@ def meaning(report: IncidentReport) -> list[str]:
 
 def _meaning_without(w: RunResult) -> str:
     text = (
-        f"Without cdp-monitor, CDP's abandoned attempts created {w.late_channels} "
+        f"Without cdp-monitor, CDP's abandoned creates (timed-out attempts, and creates "
+        f"Discord finished after the 20 s client timeout) made {w.late_channels} "
         f"channels that nobody deletes; {w.leaked_at_end} temporary channels were "
         "still in the guild at the end"
     )
@@ -236,7 +265,12 @@ def _meaning_with(m: RunResult, s: ScenarioSettings) -> str:
         "the breaker never opened."
         if m.breaker_opened_at is None
         else (
-            f"the breaker opened {m.breaker_opened_at - s.healthy:.1f} s into the outage, "
+            f"the breaker opened only {m.breaker_opened_at - s.recovery_at:.1f} s after "
+            "Discord recovered (its samples lag behind), "
+            if m.breaker_opened_at > s.recovery_at
+            else f"the breaker opened {m.breaker_opened_at - s.healthy:.1f} s into the outage, "
+        )
+        + (
             f"with {m.inflight_at_open} channel-creating requests already in flight; "
             "from then on the gate refused new ones with 503 and Retry-After, which the "
             "clients honoured."

@@ -1,13 +1,14 @@
 """The one run loop, shared by `cdp-monitor demo` and `bench/incident.py`.
 
 One run starts, on free loopback ports, the Discord simulator, the CDP emulator (CDP's
-real leak behaviour: a timed-out create attempt is never cancelled, so its channel
-appears later with no delete timer), a load of `openai` clients sending chat requests at
-a steady rate (retrying failed requests the way the SDK does, `Retry-After` included)
-and, for the run "with", the daemon with its real components. A scripted timeline puts
-Discord into an outage and takes it out again; a watcher samples the guild and reports
-what happened as structured events. Time is compressed (a CDP attempt timeout of 1.5 s
-instead of 60 s, probes every 250 ms, a breaker that opens for 2 s), so both runs take
+v4.6.5's real leak mechanism: creates serialised on discordgo's bucket lock, 429s slept
+out, a 20 s client timeout, abandoned attempts that still create their channel), a load
+of `openai` clients sending chat requests at a steady rate (retrying failed requests the
+way the SDK does, `Retry-After` included) and, for the run "with", the daemon with its
+real components. A scripted timeline puts Discord (or CDP itself) into an outage and
+takes it out again; a watcher samples the guild and reports what happened as structured
+events. Time is compressed (every CDP timer divided by 40: an attempt timeout of 1.5 s
+instead of 60 s; probes every 250 ms, a breaker that opens for 2 s), so both runs take
 about a minute.
 
     report = await run_incident(ScenarioSettings(seed=7))   # without, then with
@@ -22,6 +23,7 @@ import logging
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -37,7 +39,12 @@ from monitor.demo.events import (
 from monitor.demo.load import LoadGenerator, import_openai
 from monitor.demo.observe import DaemonView
 from monitor.demo.results import IncidentReport, RunResult
-from monitor.demo.settings import ScenarioSettings, daemon_config_dict, outage_faults
+from monitor.demo.settings import (
+    ScenarioSettings,
+    cdp_faults,
+    daemon_config_dict,
+    outage_faults,
+)
 from monitor.demo.watch import Watcher
 from monitor.errors import ScenarioError
 from monitor.sim.cdp import CdpEmulator, CdpSettings
@@ -105,14 +112,13 @@ class _Run:
         cdp_log = self.workdir / "cdp.log"
         cdp_log.touch()
         cdp = self.cdp = CdpEmulator(
-            CdpSettings(
-                discord_api_base=sim.api_base,
-                guild_id=sim.settings.guild_id,
-                token=sim.settings.token,
-                attempt_timeout=s.attempt_timeout,
-                attempts=s.attempts,
+            CdpSettings.for_simulator(
+                sim,
+                time_scale=s.time_scale,
                 reply_delay=s.reply_delay,
-                auto_delete=s.auto_delete,
+                # CHANNEL_AUTO_DEL_TIME in CDP's seconds: `auto_delete` here once scaled
+                auto_delete=s.auto_delete * s.time_scale,
+                stay_active_enable="0",  # not at 09:10 during a demo
                 log_path=cdp_log,
                 seed=s.seed,
             )
@@ -121,9 +127,18 @@ class _Run:
         watch = self.watch = Watcher(
             s, self.result, sim=sim, cdp=cdp, now=self.now, emit=self.emit, on_tick=self._on_tick
         )
+        await self._coze_thinks(http)
         if s.prefill:
             watch.seeded = await self._seed(http, sim)
         return watch
+
+    async def _coze_thinks(self, http: aiohttp.ClientSession) -> None:
+        """Coze answers after `reply_delay`: longer than CDP's (scaled) 1 s sleep after
+        the prompt, after which CDP starts listening for the reply (chat.go:291)."""
+        assert self.sim is not None
+        body = {"coze": {"delay_ms": self.s.reply_delay * 1000}}
+        async with http.put(self.sim.admin_url + "/faults", json=body) as resp:
+            resp.raise_for_status()
 
     async def _seed(self, http: aiohttp.ClientSession, sim: DiscordSimulator) -> set[int]:
         url = f"{sim.admin_url}/guilds/{sim.settings.guild_id}/channels"
@@ -199,6 +214,7 @@ class _Run:
                 return False
             async with http.put(faults_url, json=outage_faults(s)) as resp:
                 resp.raise_for_status()
+            await self._cdp_faults(http, cdp_faults(s))
             watch.phase = "outage"
             self.emit(
                 OutageStarted(
@@ -213,6 +229,10 @@ class _Run:
                 return False
             async with http.delete(faults_url) as resp:
                 resp.raise_for_status()
+            await self._coze_thinks(http)
+            if cdp_faults(s) is not None:
+                assert self.cdp is not None
+                await self._cdp_faults(http, {"user_tokens": list(self.cdp.settings.user_auths)})
             watch.phase = "recovered"
             watch.recovered_at = self.now()
             self.emit(Recovered(**watch.stamp()))
@@ -220,6 +240,14 @@ class _Run:
         finally:
             load_stop.set()
             await load_task
+
+    async def _cdp_faults(self, http: aiohttp.ClientSession, body: dict[str, Any] | None) -> None:
+        """CDP's own trouble, through the emulator's admin API."""
+        if body is None:
+            return
+        assert self.cdp is not None
+        async with http.put(self.cdp.admin_url + "/faults", json=body) as resp:
+            resp.raise_for_status()
 
     async def _wait_for_rest(self, watch: Watcher) -> None:
         """Until CDP is idle and (with cdp-monitor) the guild clean, at most `tail` s."""

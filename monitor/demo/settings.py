@@ -1,6 +1,18 @@
 """What one incident run depends on: `ScenarioSettings`, the prefilled variant, the
-simulator faults that make the outage, and the daemon's config (time compressed as much
-as CDP's timeouts are)."""
+faults that make the outage (the simulator's, and CDP's own for `tokens`), and the
+daemon's config (time compressed as much as CDP's timers are).
+
+The outage kinds are the ways real CDP v4.6.5 leaks (CDP-FACTS.md section 1):
+- `slow`: each create takes a good part of discordgo's 20 s client timeout; creates of
+  one guild are serialised on discordgo's bucket lock, so the k-th queued create waits
+  about k x latency and passes CDP's 60 s attempt timeout; the abandoned attempts still
+  create their channels later.
+- `ratelimit`: a 429 storm on channel creation; discordgo sleeps out every 429 and
+  retries, so attempts pass 60 s the same way.
+- `hung`: each create takes longer than the 20 s client timeout: the request fails at
+  once (no retry), and Discord still creates the channel afterwards.
+- `tokens`: CDP's own trouble while Discord is fine: no user token left, so every chat
+  request is a 500 `no_available_user_auth` and no channel is made."""
 
 from __future__ import annotations
 
@@ -14,7 +26,10 @@ from monitor.sim.cdp import CdpEmulator
 from monitor.sim.discord import DiscordSimulator
 
 # How Discord misbehaves (`outage_faults` makes each; `narration.OUTAGE_TEXT` says it).
-OUTAGE_KINDS = ("slow", "refuse", "flaky")
+OUTAGE_KINDS = ("slow", "ratelimit", "hung", "tokens")
+DISCORD_KINDS = frozenset({"slow", "ratelimit", "hung"})
+CDP_ATTEMPT_TIMEOUT = 60.0  # CreateChannelWithRetry's, in real CDP
+CDP_HTTP_TIMEOUT = 20.0  # discordgo's http.Client
 SCENARIOS = ("incident", "prefill")
 CREATE_ROUTE = "POST /guilds/{guild_id}/channels"
 
@@ -81,9 +96,21 @@ class ScenarioSettings:
         return self.healthy + self.outage + self.after
 
     @property
+    def time_scale(self) -> float:
+        """How much faster than real CDP the emulator's timers run."""
+        return CDP_ATTEMPT_TIMEOUT / self.attempt_timeout
+
+    @property
+    def http_timeout(self) -> float:
+        return CDP_HTTP_TIMEOUT / self.time_scale
+
+    @property
     def create_latency(self) -> float:
-        """How long Discord takes to create a channel during the outage (seconds)."""
-        return 2.5 * self.attempt_timeout
+        """How long Discord takes to create a channel during the outage (seconds):
+        `slow` 0.8 of discordgo's timeout (16 s real; a queue of 4 passes 60 s),
+        `hung` 1.6 times it (32 s real: a 20 s error, the channel comes later)."""
+        factor = {"slow": 0.8, "ratelimit": 0.1, "hung": 1.6, "tokens": 0.0}
+        return factor[self.outage_kind] * self.http_timeout
 
     @property
     def watermark_channels(self) -> int:
@@ -105,34 +132,35 @@ def prefill_settings(**overrides: Any) -> ScenarioSettings:
 
 
 def outage_faults(settings: ScenarioSettings) -> dict[str, Any]:
-    """The body of `PUT /_sim/faults` that starts the outage."""
+    """The body of `PUT /_sim/faults` that starts the outage (empty for `tokens`)."""
     latency = settings.create_latency * 1000
-    jitter = settings.attempt_timeout * 400
     kind = settings.outage_kind
     if kind == "slow":
         return {
             "rest": {
                 "latency_ms": latency,
-                "jitter_ms": jitter,
+                "jitter_ms": latency * 0.2,
                 "routes": [CREATE_ROUTE, "GET /gateway/bot"],
             },
             "gateway": {"hello_delay_ms": 3000},
         }
-    if kind == "refuse":
+    if kind == "ratelimit":
         return {
-            "rest": {"latency_ms": latency, "jitter_ms": jitter, "routes": [CREATE_ROUTE]},
+            "rest": {"latency_ms": latency, "shared_429_rate": 0.6, "routes": [CREATE_ROUTE]},
+        }
+    if kind == "hung":
+        return {
+            "rest": {"latency_ms": latency, "routes": [CREATE_ROUTE, "GET /gateway/bot"]},
             "gateway": {"refuse": True},
         }
-    return {
-        "rest": {
-            "latency_ms": latency,
-            "jitter_ms": jitter,
-            "error_rate": 0.4,
-            "error_status": 500,
-            "routes": [CREATE_ROUTE, "GET /gateway/bot"],
-        },
-        "gateway": {"close_code": 4000},
-    }
+    return {"rest": {}}
+
+
+def cdp_faults(settings: ScenarioSettings) -> dict[str, Any] | None:
+    """The body of `PUT /_cdp/faults` that starts the outage (CDP's own trouble)."""
+    if settings.outage_kind == "tokens":
+        return {"user_tokens": []}
+    return None
 
 
 def daemon_config_dict(
@@ -158,8 +186,9 @@ def daemon_config_dict(
         },
         "probes": {
             "gateway": {"interval": "250ms", "timeout": "1s", "slow": "800ms"},
-            # GET /gateway/bot is limited to 5 per 5 s: probe it well inside that.
-            "rest": {"interval": "1500ms", "timeout": "1s", "slow": "800ms"},
+            # GET /gateway/bot is limited to 5 per 5 s: probe it well inside that. Slow
+            # is compressed as CDP's timers are: 300 ms here is 12 s for real.
+            "rest": {"interval": "1500ms", "timeout": "1s", "slow": "300ms"},
             "cdp": {"enabled": True, "interval": "1s", "timeout": "1s"},
         },
         "signals": {"cdp_log": {"enabled": True, "file": str(cdp_log)}, "gate": True},

@@ -11,7 +11,9 @@ from typing import Any
 
 from monitor.demo.events import (
     BreakerChanged,
+    CdpTrouble,
     ChannelsLeaked,
+    CreateErrored,
     CreateTimedOut,
     Event,
     GateRefusing,
@@ -178,6 +180,7 @@ class Watcher:
             snap["requests_in_flight"] == 0
             and snap["creates_in_flight"] == 0
             and snap["pending_delete_timers"] == 0
+            and snap["goroutines"] == 0  # abandoned creates still queued
         )
 
     # -- events from the counters -----------------------------------------------------
@@ -201,8 +204,17 @@ class Watcher:
                 )
             )
             self._late_unreported = 0
-        if "full" not in self._told and any("30013" in line for line in self.cdp.log_lines):
+        self._notice_cdp_log()
+
+    def _notice_cdp_log(self) -> None:
+        """First-time events read from CDP's log lines."""
+        log = self.cdp.log_lines
+        if "full" not in self._told and any("30013" in line for line in log):
             self._once("full", GuildFull(**self.stamp()))
+        if "errored" not in self._told and any("Client.Timeout" in line for line in log):
+            self._once("errored", CreateErrored(**self.stamp(), http_timeout=self.s.http_timeout))
+        if "tokens" not in self._told and any("无可用的 user_auth" in line for line in log):
+            self._once("tokens", CdpTrouble(**self.stamp(), message="no_available_user_auth"))
 
     def _notice_monitor(self) -> None:
         """What the daemon did since the last look: the gate refusing, reconcile runs."""
@@ -278,9 +290,7 @@ class Watcher:
         r = self.result
         lines = list(self.cdp.log_lines)
         r.errors_30013 = sum(1 for line in lines if "30013" in line)
-        r.in_use_deleted = sum(
-            1 for line in lines if "send message error" in line and "10003" in line
-        )
+        r.in_use_deleted = sum(1 for line in lines if "user_auth:" in line and "10003" in line)
         requests = self.sim.state.requests
         r.discord_30013 = requests.get((CREATE_ROUTE, 400), 0)
         r.discord_429 = sum(n for (_, status), n in requests.items() if status == 429)

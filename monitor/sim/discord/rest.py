@@ -49,6 +49,7 @@ class RestApi:
             r.add_get(p + "/channels/{channel_id}/messages", self._list_messages)
             r.add_post(p + "/channels/{channel_id}/messages", self._post_message)
             r.add_patch(p + "/channels/{channel_id}/messages/{message_id}", self._edit_message)
+            r.add_post(p + "/channels/{channel_id}/threads", self._start_thread)
 
     def _guild(self, request: web.Request) -> int:
         guild_id = _snowflake_param(request, "guild_id")
@@ -201,6 +202,17 @@ class RestApi:
         msg.content = content
         self.sim.edit_message(channel, msg)
         return discord_json(self.sim.message_json(msg, channel.id))
+
+    async def _start_thread(self, request: web.Request) -> web.Response:
+        """Start Thread without Message (CDP's /api/thread/create): a public thread under
+        the channel; threads do not count toward the guild's channel limit."""
+        parent = self._channel(request)
+        body = await _json_object(request)
+        name = body.get("name")
+        if not isinstance(name, str) or not 1 <= len(name) <= 100:
+            raise form_error("name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+        thread = self.sim.add_channel(name, 11, parent_id=parent.id)
+        return discord_json(self.sim.channel_json(thread), status=201)
 
 
 def _find_message(channel: Channel, raw: str) -> Message:
