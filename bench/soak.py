@@ -214,8 +214,8 @@ class DaemonProc:
 
 
 def fault_rotation(slot: float) -> list[tuple[str, dict[str, Any], str]]:
-    """(name, PUT /_sim/faults body, what else: "" | "cdp" (restart CDP, Coze silent on
-    its side too) | "pause" (an operator pause through the control API))."""
+    """(name, PUT /_sim/faults body, what else: "" | "cdp" (restart CDP) | "pause" (an
+    operator pause through the control API))."""
     storm = {"shared_429_rate": 0.6, "shared_429_retry_after": 2.0}
     # A 429 storm on the create route alone (scope "shared", as Discord answers a
     # route another app's load exhausted): what CDP's creates run into.
@@ -262,14 +262,14 @@ class Soak:
     async def start(self, http: aiohttp.ClientSession) -> None:
         await self.sim.start("127.0.0.1", 0)
         s = self.settings
-        cdp_settings = CdpSettings(
-            discord_api_base=self.sim.api_base,
-            guild_id=self.sim.settings.guild_id,
-            token=self.sim.settings.token,
-            attempt_timeout=s.attempt_timeout,
-            attempts=s.attempts,
+        # As the demo: CDP's timers compressed, the simulator's Coze answering over
+        # CDP's own gateway session.
+        cdp_settings = CdpSettings.for_simulator(
+            self.sim,
+            time_scale=s.time_scale,
             reply_delay=s.reply_delay,
-            auto_delete=s.auto_delete,
+            auto_delete=s.auto_delete * s.time_scale,  # CHANNEL_AUTO_DEL_TIME, CDP's seconds
+            stay_active_enable="0",
             log_path=self.cdp_log,
             seed=self.seed,
         )
@@ -278,6 +278,7 @@ class Soak:
         cdp.app.middlewares.insert(0, outer)
         cdp.app.middlewares.append(inner)
         await cdp.start("127.0.0.1", 0)
+        await self.clear_sim_faults(http)
         config = daemon_config_dict(
             s, self.sim, cdp, state_dir=self.workdir / "state", cdp_log=self.cdp_log
         )
@@ -372,33 +373,32 @@ class Soak:
             async with http.put(self.sim.admin_url + "/faults", json=body) as resp:
                 resp.raise_for_status()
             if extra == "cdp":
-                await self.cdp_fault(http, True)
+                await self.restart_cdp(http)
             elif extra == "pause":
                 await self.control(http, "/pause", {"for": f"{on:.0f}s", "reason": "soak"})
             self.mark(f"fault on: {name}")
             await asyncio.sleep(on)
-            async with http.delete(self.sim.admin_url + "/faults") as resp:
-                resp.raise_for_status()
-            if extra == "cdp":
-                await self.cdp_fault(http, False)
-            elif extra == "pause":
+            await self.clear_sim_faults(http)
+            if extra == "pause":
                 await self.control(http, "/resume", {})
             self.mark(f"fault off: {name}")
             await asyncio.sleep(slot - on)
 
-    async def cdp_fault(self, http: aiohttp.ClientSession, on: bool) -> None:
-        """A CDP restart (delete timers forgotten) and Coze silent on CDP's side too, where
-        the emulator has a faults API (it answers 404/405 where it has none)."""
+    async def clear_sim_faults(self, http: aiohttp.ClientSession) -> None:
+        """No faults, and Coze answering after `reply_delay`: later than CDP's (scaled)
+        1 s sleep after the prompt, after which CDP starts listening (as the demo)."""
+        async with http.delete(self.sim.admin_url + "/faults") as resp:
+            resp.raise_for_status()
+        body = {"coze": {"delay_ms": self.settings.reply_delay * 1000}}
+        async with http.put(self.sim.admin_url + "/faults", json=body) as resp:
+            resp.raise_for_status()
+
+    async def restart_cdp(self, http: aiohttp.ClientSession) -> None:
+        """CDP's process dies and comes back: requests dropped, delete timers and create
+        goroutines gone. (Coze's silence is the simulator's: it plays Coze.)"""
         assert self.cdp is not None
-        admin = self.cdp.admin_url
-        if on:
-            async with http.post(admin + "/restart") as resp:
-                self.mark(f"CDP restart: {resp.status} {await resp.text()}")
-            req = http.put(admin + "/faults", json={"coze": {"silence": True}})
-        else:
-            req = http.delete(admin + "/faults")
-        async with req as resp:
-            await resp.read()
+        async with http.post(self.cdp.admin_url + "/restart") as resp:
+            self.mark(f"CDP restart: {resp.status} {await resp.text()}")
 
     async def control(self, http: aiohttp.ClientSession, path: str, body: Any) -> None:
         """POST to the control API, again while the daemon is down (SIGKILLed)."""
