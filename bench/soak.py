@@ -254,6 +254,7 @@ class Soak:
         self.budget = 0.0
         self.end_status: tuple[float, str | None, Any, bool] | None = None
         self.leaked: list[int] = []
+        self.leaked_names: dict[int, str] = {}
 
     def mark(self, what: str) -> None:
         self.timeline.append((now() - self.t0, what))
@@ -468,6 +469,7 @@ class Soak:
                 await asyncio.sleep(1.0)
                 self.end_status = self.seen.status[-1] if self.seen.status else None
                 self.leaked = self.leftover()
+                self.leaked_names = {c: self.sim.state.channels[c].name for c in self.leaked}
                 assert self.daemon is not None
                 self.daemon.sample_proc()
                 watcher.cancel()
@@ -664,6 +666,8 @@ def report(soak: Soak) -> int:
     row("client requests by outcome", str(sum(soak.load.values())), outcomes)
     for line in let_through:
         print(f"create while open: {line}")
+    for cid in leaked:
+        print(f"leaked: {cid} {soak.leaked_names.get(cid, '?')}")
     for cid in sorted(wrong):
         name = next(n for _t, c, n, _st, mine in seen.deletes if c == cid and mine)
         print(f"wrong deletion: {cid} {name}")
