@@ -1,12 +1,13 @@
 """Soak: the daemon (a real `python -m monitor run` process) in front of the CDP emulator,
 a steady chat load through its gate, and faults rotating for a while in compressed time:
 Discord 5xx, shared 429 storms, 429s on the create route, a Cloudflare ban, gateway drops,
-op 7, a CDP restart with Coze silent, and the daemon SIGKILLed and restarted every few
-minutes. Then the faults clear, the load stops, and after a recovery period it prints the
-invariants and figures in one table, measured from the simulator, the emulator, the audit
-log and /proc (never from the daemon's own counters; /status only for the breaker state).
+op 7, a CDP restart with Coze silent, an operator pause, and the daemon SIGKILLed and
+restarted every few minutes. Then the faults clear, the load stops, and after a recovery
+period it prints the invariants and figures in one table, measured from the simulator,
+the emulator, the audit log and /proc (never from the daemon's own counters; /status
+only for the breaker state).
 
-    PYTHONPATH=$PWD .venv/bin/python bench/soak.py --minutes 3
+    PYTHONPATH=$PWD .venv/bin/python bench/soak.py --minutes 3 [--min-age 15] [--workdir D]
 
 Exits 1 when an invariant fails. How each is counted is said next to it in the table.
 """
