@@ -1,4 +1,5 @@
 """Actions run on breaker transitions: `exec` argv or `webhook` POST, each time-bounded.
+Messages to notification services live in monitor.notify.
 
 Failures are logged and counted and never block or break the daemon.
 """
@@ -46,6 +47,7 @@ class ActionRunner:
 
     async def _run(self, action: ActionConfig, event: dict[str, Any], timeout: float) -> None:
         kind = "exec" if action.exec is not None else "webhook"
+        self._metrics.action_attempts.labels(kind=kind).inc()
         try:
             if action.exec is not None:
                 await self._exec(list(action.exec), event, timeout)

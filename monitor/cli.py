@@ -1,4 +1,6 @@
-"""`cdp-monitor` command line. The only place that turns errors into exit codes."""
+"""`cdp-monitor` command line: the parser, and the only place that turns errors into exit
+codes (0 ok, 1 runtime failure, 2 bad usage or config). The commands that talk to a
+running daemon live in monitor.cli_daemon."""
 
 from __future__ import annotations
 
@@ -9,18 +11,98 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 from monitor import __version__
+from monitor.cli_daemon import (
+    UsageError,
+    cmd_pause,
+    cmd_reconcile,
+    cmd_resume,
+    cmd_status,
+    config_path,
+)
+from monitor.cli_files import cmd_config
 from monitor.clock import SYSTEM_CLOCK
 from monitor.errors import ConfigError, MonitorError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
+DESCRIPTION = """\
+cdp-monitor keeps a coze-discord-proxy (CDP) deployment alive when Discord gets shaky:
+it probes Discord, refuses new conversations while Discord is down (the gate in front
+of CDP), and deletes the channels CDP leaks."""
 
-class UsageError(MonitorError):
-    """Bad command-line usage detected after parsing (exit 2)."""
+EPILOG = """\
+first steps:
+  cdp-monitor demo                            a simulated outage, with and without it
+  cdp-monitor config example > monitor.yaml   the documented config, to edit
+  cdp-monitor check-config -c monitor.yaml
+  cdp-monitor run -c monitor.yaml
+  cdp-monitor status                          ask the running daemon
+
+`cdp-monitor COMMAND --help` shows each command's options and examples.
+exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad config."""
+
+# name -> (one-line help, description with examples)
+_HELP: dict[str, tuple[str, str]] = {
+    "run": (
+        "run the daemon",
+        "Run the daemon until SIGTERM/SIGINT; SIGHUP reloads the config.\n\n"
+        "examples:\n  cdp-monitor run -c /etc/cdp-monitor/monitor.yaml\n"
+        "  cdp-monitor --log-format json --log-level debug run",
+    ),
+    "check-config": (
+        "validate a config file",
+        "Validate a config file; every problem is printed as `path.to.key: message`.\n\n"
+        "examples:\n  cdp-monitor check-config -c monitor.yaml",
+    ),
+    "config": (
+        "print the example config or write the deploy files",
+        "examples:\n  cdp-monitor config example > monitor.yaml\n"
+        "  cdp-monitor config deploy ./deploy   # systemd, docker, Prometheus, Grafana",
+    ),
+    "probe": (
+        "run every probe once and print the results",
+        "One round of every enabled probe (Discord gateway and REST, CDP), printed;\n"
+        "exits 1 when one fails.\n\n"
+        "examples:\n  cdp-monitor probe -c monitor.yaml",
+    ),
+    "reconcile": (
+        "delete leaked channels now (through the running daemon)",
+        "One reconcile run. It goes through the running daemon when one answers (one rate\n"
+        "limiter and one audit log for both); --direct, or no daemon, talks to Discord\n"
+        "from here with the config file.\n\n"
+        "examples:\n  cdp-monitor reconcile --dry-run\n"
+        "  cdp-monitor reconcile --direct -c monitor.yaml   # e.g. from a systemd timer",
+    ),
+    "status": (
+        "show the running daemon's status",
+        "Breaker, pause, health, probes, channels and daily creations of the running\n"
+        "daemon; exits 1 when it does not answer. Without a config file it asks\n"
+        "127.0.0.1:9105.\n\n"
+        "examples:\n  cdp-monitor status\n  cdp-monitor status --json | jq .breaker",
+    ),
+    "pause": (
+        "pause channel creation (the gate refuses new conversations)",
+        "examples:\n  cdp-monitor pause --for 30m --reason 'Discord maintenance'",
+    ),
+    "resume": ("lift a manual pause", "examples:\n  cdp-monitor resume"),
+    "sim": (
+        "run the Discord simulator (and optionally the CDP emulator)",
+        "Prints one JSON line with the URLs once listening; runs until SIGINT/SIGTERM.\n\n"
+        "examples:\n  cdp-monitor sim --cdp --port 8900",
+    ),
+    "demo": (
+        "replay a simulated Discord outage with and without cdp-monitor",
+        "Everything runs locally (a simulated Discord, an emulated CDP); no token needed.\n\n"
+        "examples:\n  cdp-monitor demo",
+    ),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,37 +121,59 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _control_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--url", help="control API URL (default: the config's, else 127.0.0.1:9105)")
+    p.add_argument("--token", help="control API token (default: the config's)")
+
+
+def _add(sub: Any, name: str) -> argparse.ArgumentParser:
+    text, description = _HELP[name]
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=text, description=description, formatter_class=_RAW
+    )
+    return parser
+
+
+_RAW = argparse.RawDescriptionHelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cdp-monitor", description=__doc__)
+    parser = _Parser(
+        prog="cdp-monitor", description=DESCRIPTION, epilog=EPILOG, formatter_class=_RAW
+    )
     parser.add_argument("--version", action="version", version=f"cdp-monitor {__version__}")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="default: the config's log.level")
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="default: the config's log.format"
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("run", help="run the daemon")
-    _config_arg(p)
-    p = sub.add_parser("check-config", help="validate a config file")
-    _config_arg(p)
-    p = sub.add_parser("probe", help="run every probe once and print the results")
-    _config_arg(p)
-    p = sub.add_parser("reconcile", help="one-shot reconcile straight against Discord")
-    _config_arg(p)
-    p.add_argument("--dry-run", action="store_true", help="plan and report, delete nothing")
+    for name in ("run", "check-config", "probe"):
+        _config_arg(_add(sub, name))
+    p = _add(sub, "config")
+    actions = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    actions.add_parser("example", help="print the documented example config")
+    d = actions.add_parser("deploy", help="write deploy/ (systemd, docker, prometheus, grafana)")
+    d.add_argument("directory", type=Path)
+    d.add_argument("--force", action="store_true", help="overwrite files that exist")
 
-    for name, text in (
-        ("status", "show the running daemon's status"),
-        ("pause", "pause channel creation (forced open)"),
-        ("resume", "lift a manual pause"),
-    ):
-        p = sub.add_parser(name, help=text)
-        _config_arg(p)
-        p.add_argument("--url", help="control API base URL (default: from the config)")
-        p.add_argument("--token", help="control API token (default: from the config)")
+    p = _add(sub, "reconcile")
+    _control_args(p)
+    p.add_argument("--dry-run", action="store_true", help="plan and report, delete nothing")
+    p.add_argument("--direct", action="store_true", help="talk to Discord from here")
+    p.add_argument("--json", action="store_true", help="print the daemon's JSON report")
+
+    for name in ("status", "pause", "resume"):
+        p = _add(sub, name)
+        _control_args(p)
         if name == "status":
             p.add_argument("--json", action="store_true", help="print the raw JSON")
         if name == "pause":
             p.add_argument("--for", dest="duration", help="e.g. 30m; default: until resumed")
             p.add_argument("--reason", default=None, help="why (shown in /status and logs)")
 
-    p = sub.add_parser("sim", help="run the Discord simulator (and optionally the CDP emulator)")
+    p = _add(sub, "sim")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 = a free port")
     p.add_argument("--cdp", action="store_true", help="also run the CDP emulator")
@@ -84,13 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--heartbeat-interval-ms", type=int, default=None, help="default: Discord's")
 
-    sub.add_parser("demo", help="replay a simulated Discord outage with and without cdp-monitor")
+    _add(sub, "demo")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = _COMMANDS[args.command]
+    if args.command not in ("run", "demo"):  # these set up their own logging
+        from monitor.logs import setup_logging
+
+        setup_logging(args.log_level or "warning", args.log_format or "text")
     try:
         return handler(args)
     except ConfigError as exc:
@@ -185,17 +293,10 @@ def _stop_event() -> asyncio.Event:
 # -- config-based commands ----------------------------------------------------------------
 
 
-def _config_path(args: argparse.Namespace) -> Path:
-    from monitor.config import default_config_path
-
-    path: Path = args.config or default_config_path(os.environ)
-    return path
-
-
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from monitor.config import load_config
 
-    path = _config_path(args)
+    path = config_path(args)
     try:
         load_config(path)
     except ConfigError as exc:
@@ -210,12 +311,13 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from monitor.daemon import run_daemon
 
-    asyncio.run(run_daemon(_config_path(args)))
+    log = (args.log_level or "", args.log_format or "")
+    asyncio.run(run_daemon(config_path(args), log=log))
     return EXIT_OK
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    return asyncio.run(_probe_once(_config_path(args)))
+    return asyncio.run(_probe_once(config_path(args)))
 
 
 async def _probe_once(path: Path) -> int:
@@ -236,103 +338,16 @@ async def _probe_once(path: Path) -> int:
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
 
 
-# -- control API client commands ----------------------------------------------------------
-
-
-def _control_client(args: argparse.Namespace) -> Any:
-    from monitor.config import load_config
-    from monitor.control import ControlClient
-    from monitor.units import url_for
-
-    url, token = args.url, args.token
-    if url is None or token is None:
-        path = _config_path(args)
-        if url is None or path.exists():
-            config = load_config(path)
-            if url is None:
-                url = url_for(*config.control.listen_address)
-            if token is None and config.control.token is not None:
-                token = config.control.token.get_secret_value()
-    return ControlClient(url, token=token)
-
-
-def _print_status(status: dict[str, Any]) -> None:
-    breaker = status.get("breaker") or {}
-    print(f"breaker:  {breaker.get('state')} since {_fmt_time(breaker.get('since'))}", end="")
-    if breaker.get("retry_at"):
-        print(f", next trial {_fmt_time(breaker['retry_at'])}", end="")
-    print()
-    paused = status.get("paused")
-    if paused:
-        until = _fmt_time(paused.get("until")) if paused.get("until") else "resumed"
-        print(f"paused:   {paused.get('reason') or '(no reason)'} (until {until})")
-    health = status.get("health")
-    if health:
-        print(f"health:   {health.get('reason')}")
-    for name, probe in (status.get("probes") or {}).items():
-        mark = "ok" if probe.get("ok") else "FAIL"
-        print(f"probe:    {name:<11} {mark:<4} {probe.get('detail', '')}")
-
-
-def _fmt_time(ts: Any) -> str:
-    import datetime as dt
-
-    if not isinstance(ts, int | float):
-        return "-"
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    status = asyncio.run(_control_client(args).call("GET", "/status"))
-    if args.json:
-        print(json.dumps(status, indent=2))
-    else:
-        _print_status(status)
-    return EXIT_OK
-
-
-def _cmd_pause(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {}
-    if args.duration:
-        from monitor.units import parse_duration
-
-        try:
-            parse_duration(args.duration)
-        except ValueError as exc:
-            raise UsageError(f"--for: {exc}") from None
-        body["for"] = args.duration
-    if args.reason:
-        body["reason"] = args.reason
-    _print_status(asyncio.run(_control_client(args).call("POST", "/pause", body)))
-    return EXIT_OK
-
-
-def _cmd_resume(args: argparse.Namespace) -> int:
-    _print_status(asyncio.run(_control_client(args).call("POST", "/resume", {})))
-    return EXIT_OK
-
-
-def _cmd_reconcile(args: argparse.Namespace) -> int:
-    return asyncio.run(_reconcile_once(_config_path(args), args.dry_run))
-
-
-async def _reconcile_once(path: Path, dry_run: bool) -> int:
-    import aiohttp
-
-    from monitor import USER_AGENT
-    from monitor.config import load_config
-    from monitor.reconcile import format_report
-    from monitor.wiring import reconcile_once
-
-    config = load_config(path)
-    async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
-        report = await reconcile_once(config, dry_run=dry_run, session=session)
-    print(format_report(report))
-    return EXIT_OK if report.result in ("ok", "dry_run") else EXIT_FAILURE
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from monitor.demo import run_demo
+
+    # Before the introduction: the scenario's clients are the real openai SDK.
+    if find_spec("openai") is None:
+        raise MonitorError(
+            "the demo's clients need the openai package, a dependency of cdp-monitor that"
+            " is missing here: `pip install openai` in this environment"
+            " (pipx: `pipx inject cdp-monitor openai`)"
+        )
 
     async def main() -> int:
         return await run_demo(stop=_stop_event())
@@ -344,10 +359,11 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sim": _cmd_sim,
     "run": _cmd_run,
     "check-config": _cmd_check_config,
+    "config": cmd_config,
     "probe": _cmd_probe,
-    "reconcile": _cmd_reconcile,
-    "status": _cmd_status,
-    "pause": _cmd_pause,
-    "resume": _cmd_resume,
+    "reconcile": cmd_reconcile,
+    "status": cmd_status,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
     "demo": _cmd_demo,
 }

@@ -1,4 +1,5 @@
-"""Control API (DESIGN section 6): health, readiness, metrics, status, pause/resume, reconcile.
+"""Control API (DESIGN section 6): the status page, health, readiness, metrics, status,
+pause/resume, reconcile. The page's HTML lives in monitor.statuspage.
 
 The app talks to the daemon through the small `ControlTarget` protocol so tests can drive
 it with aiohttp's test client and the real daemon pieces.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -19,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from monitor.errors import ControlAPIError, MonitorError, PauseNotPersistedError
 from monitor.httpserve import LIMITS, BodyTimeout, Limits, descriptor_pressure, read_body
+from monitor.statuspage import History, render_page
 from monitor.units import HostPort, is_loopback_host, parse_duration
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -26,6 +29,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_PAUSE = 30 * 86400.0  # a longer `for` is a typo, and its `until` overflows dates
 MAX_REASON = 500
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+# The page runs its own inline script against this origin only, and is never framed.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "script-src 'unsafe-inline'; connect-src 'self'; form-action 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 class ControlTarget(Protocol):
@@ -171,9 +182,16 @@ def _needs_token(token: str | None, fn: Handler) -> Handler:
 class _Handlers:
     """The control API's endpoints over one `ControlTarget`."""
 
-    def __init__(self, target: ControlTarget, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, target: ControlTarget, registry: CollectorRegistry, history: History | None
+    ) -> None:
         self._target = target
         self._registry = registry
+        self._history = history
+
+    async def page(self, request: web.Request) -> web.Response:
+        page = render_page(self._target.status(), self._history, time.time())
+        return web.Response(text=page, content_type="text/html", headers=PAGE_HEADERS)
 
     async def healthz(self, request: web.Request) -> web.Response:
         alive, detail = self._target.liveness()
@@ -230,15 +248,17 @@ def build_control_app(
     token: str | None,
     listen: HostPort | None = None,
     limits: Limits | None = None,
+    history: History | None = None,
 ) -> web.Application:
     """The aiohttp app of the control API; `listen` adds its host to the Host names
-    accepted without a token (besides the loopback names)."""
-    h = _Handlers(target, registry)
+    accepted without a token (besides the loopback names); `history` feeds the page's chart."""
+    h = _Handlers(target, registry, history)
     hosts = LOOPBACK_NAMES
     if listen is not None and is_loopback_host(listen.host):
         hosts = hosts | {listen.host.strip("[]").lower()}
     app = web.Application(middlewares=[_guard(token, hosts)], client_max_size=64 * 1024)
     app[LIMITS] = limits or Limits()
+    app.router.add_get("/", h.page)
     app.router.add_get("/healthz", h.healthz)
     app.router.add_get("/readyz", h.readyz)
     app.router.add_get("/metrics", h.metrics)

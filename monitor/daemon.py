@@ -52,6 +52,7 @@ from monitor.wiring import (
     keep_fixed,
     new_gate,
     new_health,
+    new_notices,
     new_reconciler,
     new_rest,
     probe_context,
@@ -92,6 +93,7 @@ class Daemon:
             logger=logger,
             environ=self.environ,
         )
+        self.notices = new_notices(config, self.effects, self.metrics, clock, logger, self.environ)
         self.watch = GuildWatch(
             config,
             health=self.health,
@@ -192,7 +194,7 @@ class Daemon:
             ),
             "gateway_session": self.watch.status(self.clock.time()),
             "gate": None if self.gate is None else self.gate.status(),
-            "discord": {"token_invalid": self._rest.token_invalid if self._rest else False},
+            **self.notices.status(self._rest),
             "loops": self.supervisor.status(),
             "ready": self._ready.is_set(),
         }
@@ -222,20 +224,22 @@ class Daemon:
 
     def _new_reconciler(self, config: Config) -> Reconciler:
         return new_reconciler(
-            config,
-            rest=self.rest,
-            ledger=self.ledger,
-            state_dir=self.state_dir,
-            metrics=self.metrics,
-            clock=self.clock,
-            logger=self.log,
-            live=self.watch.live,
-        )
+            config, rest=self.rest, ledger=self.ledger, state_dir=self.state_dir,
+            metrics=self.metrics, clock=self.clock, logger=self.log, live=self.watch.live,
+        )  # fmt: skip
 
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the session, start the control API, the gate and every loop."""
+        self.state_dir.lock()
+        try:
+            await self._start()
+        except BaseException:
+            await self._close()  # e.g. a port in use: no unclosed session left behind
+            raise
+
+    async def _start(self) -> None:
         self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
         self._rest = self._new_rest(self.config, self._session)
         self._actions = ActionRunner(session=self._session, metrics=self.metrics, logger=self.log)
@@ -243,7 +247,7 @@ class Daemon:
         self._probe_ctx = probe_context(
             self.config, session=self._session, rest=self._rest, clock=self.clock, logger=self.log
         )
-        app = control_app(self.config, self, registry=self.registry)
+        app = control_app(self.config, self, registry=self.registry, history=self.notices.history)
         self._runner, self.control_url = await serve(
             app, "control.listen", self.config.control.listen_address
         )
@@ -259,6 +263,7 @@ class Daemon:
         if not probes:
             self._ready.set()
         self.supervisor.start("evaluate", self.health.run)
+        self.notices.start(self.supervisor, self.status, self.clock)
         self.reconciler = self._new_reconciler(self.config)
         self.supervisor.start("reconcile", self._reconcile_loop)
         if self.config.signals.cdp_log.enabled:
@@ -270,14 +275,9 @@ class Daemon:
     async def _start_gate(self) -> None:
         self._upstream = new_upstream_session()
         self.gate = new_gate(
-            self.config,
-            health=self.health,
-            metrics=self.metrics,
-            clock=self.clock,
-            logger=self.log,
-            session=self._upstream,
-            ledger=self.ledger,
-        )
+            self.config, health=self.health, metrics=self.metrics, clock=self.clock,
+            logger=self.log, session=self._upstream, ledger=self.ledger,
+        )  # fmt: skip
         self._gate_runner, self.gate_url = await serve(
             self.gate.app(), "gate.listen", self.config.gate.listen_address
         )
@@ -294,6 +294,7 @@ class Daemon:
             self.log.warning("shutdown: a reconcile run was still deleting; see audit.jsonl")
         if self._actions is not None:
             await self._actions.drain(timeout=0.3)
+        await self.notices.close()
         self.ledger.flush()  # after the gate: failed requests' late channels are kept
         await self._close()
 
@@ -309,6 +310,7 @@ class Daemon:
             if session is not None:
                 await session.close()
         self._upstream = self._session = None
+        self.state_dir.unlock()
 
     def reload(self) -> bool:
         """Parse the config file fully, then swap; on error keep the old config."""
@@ -328,9 +330,10 @@ class Daemon:
     def _swap(self, new: Config) -> None:
         """Hand a validated config to every running component."""
         old = self.config
-        set_secrets(config_secrets(new))
+        set_secrets(config_secrets(new, self.environ))
         self.health.reconfigure(new)
         self.effects.actions = new.actions
+        self.notices.reconfigure(new, self.environ, self.log)
         if new.discord != old.discord and self._session is not None:
             self._rest = self._new_rest(new, self._session)
             if self.reconciler is not None:
@@ -376,20 +379,22 @@ class Daemon:
         sd_notify(f"READY=1\nSTATUS=breaker {self.breaker.state}", self.environ)
 
 
-async def run_daemon(config_path: Path, *, environ: Mapping[str, str] | None = None) -> None:
-    """`cdp-monitor run`: load config (ConfigError propagates), run until SIGTERM/SIGINT."""
+async def run_daemon(
+    config_path: Path, *, environ: Mapping[str, str] | None = None, log: tuple[str, str] = ("", "")
+) -> None:
+    """`cdp-monitor run` (ConfigError propagates); `log`: the command line's level, format."""
     env = dict(os.environ if environ is None else environ)
     config = load_config(config_path, environ=env)
-    logger = setup_logging(config.log.level, config.log.format, config_secrets(config))
+    level, fmt = log[0] or config.log.level, log[1] or config.log.format
+    logger = setup_logging(level, fmt, config_secrets(config, env))
     daemon = Daemon(
         config, registry=CollectorRegistry(), logger=logger, config_path=config_path, environ=env
     )
     stop, reload = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     # Signal handlers only set events; the run loop does the work.
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload.set)
+    for sig, event in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, reload)):
+        loop.add_signal_handler(sig, event.set)
     logger.info("cdp-monitor starting (config %s, guild %s)", config_path, config.discord.guild_id)
     await daemon.run(stop, reload)
     logger.info("cdp-monitor stopped")

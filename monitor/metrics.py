@@ -10,6 +10,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 
 from monitor import __version__
@@ -21,6 +22,8 @@ from monitor.vocab import (
     SESSION_END_REASONS,
 )
 
+ACTION_KINDS = ("exec", "webhook", "notify")
+SUPPRESS_REASONS = ("rate_limited", "queue_full")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _GATE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -30,6 +33,8 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry, *, process_metrics: bool = False) -> None:
         self.registry = registry
+        # No `*_created` series beside every counter (process-wide; nothing here reads them).
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         if process_metrics:
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
@@ -274,9 +279,26 @@ class Metrics:
             "cdpmon_loop_up", "1 while the supervised loop is running", ["loop"], registry=r
         )
         self.action_failures = Counter(
-            "cdpmon_action_failures", "Failed breaker actions", ["kind"], registry=r
+            "cdpmon_action_failures", "Failed actions and notifications", ["kind"], registry=r
+        )
+        self.action_attempts = Counter(
+            "cdpmon_action_attempts",
+            "Actions and notifications tried (exec, webhook, notify)",
+            ["kind"],
+            registry=r,
+        )
+        self.notifications_suppressed = Counter(
+            "cdpmon_notifications_suppressed",
+            "Events not sent: the kind spoke within the period, or the queue was full",
+            ["reason"],
+            registry=r,
         )
         self.build_info.labels(version=__version__).set(1)
+        for kind in ACTION_KINDS:
+            self.action_failures.labels(kind=kind)
+            self.action_attempts.labels(kind=kind)
+        for reason in SUPPRESS_REASONS:
+            self.notifications_suppressed.labels(reason=reason)
         self.config_last_reload_successful.set(1)
 
     def set_breaker_state(self, state: str) -> None:

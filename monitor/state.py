@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ BREAKER_FILE = "breaker.json"
 AUDIT_FILE = "audit.jsonl"
 IDENTIFIES_FILE = "gateway_identifies.json"
 CREATIONS_FILE = "channel_creations.json"
+LOCK_FILE = "lock"
 
 
 _T = TypeVar("_T")
@@ -169,6 +171,7 @@ class StateDir:
     ) -> None:
         self._path = Path(path)
         self._log = logger or logging.getLogger(__name__)
+        self._lock_fd: int | None = None
         try:
             if not self._path.is_dir():
                 self._path.mkdir(mode=0o700, parents=True)
@@ -181,6 +184,33 @@ class StateDir:
     @property
     def path(self) -> Path:
         return self._path
+
+    def lock(self) -> None:
+        """Take the directory's lock: one daemon per state dir (two would interleave the
+        audit log and fight over the pause). The kernel drops a flock when its process
+        dies, so a crash leaves no stale lock; `unlock` releases it (idempotent)."""
+        if self._lock_fd is not None:
+            return
+        target = self._file(LOCK_FILE)
+        try:
+            fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StateError(f"cannot open the lock: {_why(e)}", path=str(target)) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            msg = f"another cdp-monitor (pid {holder}) is running on this state directory"
+            raise StateError(msg, path=str(self._path)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _file(self, name: str) -> Path:
         # Names come from code, not users; refuse anything that could escape the directory.

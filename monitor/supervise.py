@@ -43,6 +43,7 @@ class Supervisor:
 
     def start(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         self.loops[name] = LoopState()
+        self._metrics.loop_restarts.labels(loop=name)  # at 0, so increase() sees the first
         self._tasks[name] = asyncio.create_task(self._keep(name, body), name=name)
 
     async def _keep(self, name: str, body: Callable[[], Awaitable[None]]) -> None:

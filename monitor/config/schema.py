@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from monitor.config.errors import field_problems, problem
 from monitor.config.fields import (
@@ -34,6 +34,7 @@ from monitor.config.fields import (
     SnowflakeSet,
     WsUrl,
 )
+from monitor.events import EVENT_KINDS
 from monitor.units import (
     HostPort,
     format_duration,
@@ -283,10 +284,37 @@ class ActionConfig(_Section):
         return self
 
 
+class NotifyConfig(_Section):
+    """Messages to notification services through Apprise URLs (the `notify` extra)."""
+
+    # Apprise URLs hold the service's secret (a bot token, a webhook key): SecretStr.
+    urls: tuple[SecretStr, ...] = ()
+    # CDP's own NOTIFY_TELEGRAM_BOT_TOKEN / NOTIFY_TELEGRAM_USER_ID, if set, add a target.
+    cdp_env: bool = True
+    # auto: zh when CDP's Telegram variables are the only target, else en.
+    language: Literal["auto", "zh", "en"] = "auto"
+    period: PositiveDuration = 600.0  # at most one message per event kind per period
+    timeout: PositiveDuration = 10.0
+    events: tuple[str, ...] = EVENT_KINDS
+    reconcile_threshold: Annotated[Int, Field(ge=1)] = 10  # deletions in one run
+    # daily_creations_near_cap: creations in 24 h at this share of discord.daily_create_limit.
+    creations_ratio: Fraction = 0.8
+    instance: str = ""  # prefixed to every title, to tell several daemons apart
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(EVENT_KINDS))
+        if unknown:
+            raise problem(f"unknown event(s) {', '.join(unknown)}; known: {', '.join(EVENT_KINDS)}")
+        return value
+
+
 class ActionsConfig(_Section):
     on_open: tuple[ActionConfig, ...] = ()
     on_close: tuple[ActionConfig, ...] = ()
     timeout: PositiveDuration = 10.0
+    notify: NotifyConfig = NotifyConfig()
 
 
 class LogConfig(_Section):

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from monitor.health.probes import PROBES
+from monitor.metrics import ACTION_KINDS
 from monitor.reconcile import REASONS as DELETE_REASONS
 from monitor.vocab import (
     BREAKER_STATES,
@@ -29,6 +30,7 @@ SYSTEMD_CONFIG = DEPLOY / "systemd" / "monitor.yaml"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+ALERTMANAGER_CONFIG = DEPLOY / "prometheus" / "alertmanager.yml"
 DASHBOARD = DEPLOY / "grafana" / "cdp-monitor.json"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 COMPOSE = DEPLOY / "docker" / "docker-compose.yml"
@@ -69,6 +71,8 @@ KNOWN_LABEL_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
     ("cdpmon_cdp_channel_create_failures_total", "reason"): CDP_FAILURE_REASONS,
     ("cdpmon_reconcile_runs_total", "result"): RECONCILE_RESULTS,
     ("cdpmon_channels_deleted_total", "reason"): DELETE_REASONS,
+    ("cdpmon_action_failures_total", "kind"): ACTION_KINDS,
+    ("cdpmon_action_attempts_total", "kind"): ACTION_KINDS,
 }
 _METRIC = re.compile(r"\bcdpmon_[a-z0-9_]+")
 _SELECTOR = re.compile(r"\b(cdpmon_[a-z0-9_]+)\s*\{([^}]*)\}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -33,8 +34,32 @@ def test_dashboard_uses_a_prometheus_datasource_variable() -> None:
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
             assert target["datasource"] == expected, panel["title"]
-    # Nothing bound to one Grafana's datasource, so it imports anywhere.
-    assert "__inputs" not in data
+    # Nothing bound to one Grafana's datasource, so it imports anywhere ...
+    assert "uid" not in str(variables["DS_PROMETHEUS"]["current"])
+
+
+def test_import_prompts_for_the_datasource() -> None:
+    # ... and importing it asks which Prometheus: Grafana fills ${DS_PROMETHEUS} from this.
+    (wanted,) = dashboard()["__inputs"]
+    assert wanted["name"] == "DS_PROMETHEUS"
+    assert (wanted["type"], wanted["pluginId"]) == ("datasource", "prometheus")
+    required = {(r["type"], r["id"]) for r in dashboard()["__requires"]}
+    assert {("grafana", "grafana"), ("datasource", "prometheus")} <= required
+    panel_types = {p["type"] for p in dashboard_panels() if p["type"] != "row"}
+    assert {("panel", t) for t in panel_types} <= required
+
+
+def test_every_panel_shows_one_instance_of_the_chosen_job() -> None:
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    for name in ("job", "instance"):
+        assert variables[name]["type"] == "query"
+        # One value: no panel sums or overlays several daemons.
+        assert not variables[name]["multi"] and not variables[name]["includeAll"], name
+    assert '{job=~"$job"}' in variables["instance"]["definition"]
+    for expr in [t["expr"] for p in dashboard_panels() for t in p.get("targets", [])]:
+        for selector in re.finditer(r"cdpmon_[a-z0-9_]+(\{[^}]*\})?", expr):
+            labels = selector.group(1) or ""
+            assert 'job=~"$job"' in labels and 'instance=~"$instance"' in labels, expr
 
 
 def test_dashboard_layout_is_valid() -> None:
@@ -76,7 +101,12 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     for panel in dashboard_panels():
         for target in panel.get("targets", []):
             expr = target["expr"]
-            for var, value in (("$__rate_interval", "1m"), ("$instance", ".*"), ("$guild", ".*")):
+            for var, value in (
+                ("$__rate_interval", "1m"),
+                ("$job", ".*"),
+                ("$instance", ".*"),
+                ("$guild", ".*"),
+            ):
                 expr = expr.replace(var, value)
             assert "$" not in expr, f"unknown variable in {panel['title']}: {expr}"
             rules.append(

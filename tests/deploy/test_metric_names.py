@@ -55,4 +55,7 @@ def test_up_alert_uses_the_scrape_job_name() -> None:
     jobs = [job["job_name"] for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]]
     assert jobs == [MONITOR_JOB]
     up_exprs = [r["expr"] for r in alert_rules() if re.search(r"\bup\{", r["expr"])]
-    assert up_exprs == [f'up{{job="{MONITOR_JOB}"}} == 0']
+    assert up_exprs == [
+        f'up{{job="{MONITOR_JOB}"}} == 0',  # CdpMonitorDown
+        f'absent(up{{job="{MONITOR_JOB}"}})',  # CdpMonitorAbsent
+    ]

@@ -6,8 +6,10 @@ import re
 import tomllib
 
 from tests.deploy.files import (
+    ALERTMANAGER_CONFIG,
     ALERTS,
     ALERTS_TEST,
+    MONITOR_JOB,
     PROMETHEUS_CONFIG,
     PYPROJECT,
     REPO_ROOT,
@@ -64,9 +66,45 @@ def test_alerts_have_severity_summary_description_and_a_runbook_that_exists() ->
         name = rule["alert"]
         assert rule["labels"]["severity"] in ("critical", "warning", "info"), name
         annotations = rule["annotations"]
-        assert set(annotations) == {"summary", "description", "runbook"}, name
-        base, _, anchor = annotations["runbook"].partition("#")
-        assert base == homepage, name
+        # runbook_url: the annotation Grafana and Alertmanager templates read.
+        assert set(annotations) == {"summary", "description", "runbook_url"}, name
+        base, _, anchor = annotations["runbook_url"].partition("#")
+        assert base == f"{homepage}/blob/main/README.md", name
         assert anchor in anchors, f"{name}: no '### {anchor}' section"
         linked.add(anchor)
     assert anchors - linked == set(), "runbook sections no alert links to"
+
+
+def test_amtool_check_config() -> None:
+    amtool = require_tool("amtool", "prometheus-alertmanager")
+    result = run(amtool, "check-config", str(ALERTMANAGER_CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alertmanager_inhibits_by_instance_and_names_real_alerts() -> None:
+    config = load_yaml(ALERTMANAGER_CONFIG)
+    names = {rule["alert"] for rule in alert_rules()}
+    rules = {tuple(r["source_matchers"]): r for r in config["inhibit_rules"]}
+    down = rules[('alertname="CdpMonitorDown"',)]
+    assert down["target_matchers"] == ['alertname!="CdpMonitorDown"']
+    assert down["equal"] == ["instance"]
+    token = rules[('alertname="DiscordTokenInvalid"',)]
+    (target,) = token["target_matchers"]
+    muted = set(re.fullmatch(r'alertname=~"(.*)"', target).group(1).split("|"))  # type: ignore[union-attr]
+    assert "DiscordProbeFailing" in muted and muted <= names
+    assert token["equal"] == ["instance"]
+    receivers = {r["name"]: r for r in config["receivers"]}
+    assert all("telegram_configs" in r for r in receivers.values())
+    assert config["route"]["receiver"] in receivers
+    severities = {rule["labels"]["severity"] for rule in alert_rules()}
+    routed = {m for route in config["route"]["routes"] for m in route["matchers"]}
+    assert routed == {'severity="critical"'} and severities == {"critical", "warning"}
+
+
+def test_only_the_down_alerts_name_the_job_and_it_is_prometheus_yml_s() -> None:
+    (job,) = load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]
+    assert job["job_name"] == MONITOR_JOB
+    by_name = {rule["alert"]: rule["expr"] for rule in alert_rules()}
+    assert by_name["CdpMonitorAbsent"] == f'absent(up{{job="{MONITOR_JOB}"}})'
+    naming = {name for name, expr in by_name.items() if "job=" in expr}
+    assert naming == {"CdpMonitorDown", "CdpMonitorAbsent"}
