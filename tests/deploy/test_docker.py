@@ -213,6 +213,7 @@ def dotenv() -> dict[str, str]:
         "BOT_TOKEN": "sample-bot-token",
         "GUILD_ID": "123456789012345678",
         "CDP_MONITOR_CONTROL_TOKEN": "sample-control-token",
+        "PROXY_URL": "http://127.0.0.1:7890",  # CDP's proxy: the monitor takes it too
     }
     out = {}
     for line in DOCKER_ENV_EXAMPLE.read_text().splitlines():
