@@ -42,7 +42,11 @@ from monitor.state import StateDir
 _T = TypeVar("_T")
 _PARKED = 3600.0  # a stopped session wakes this often only to stay a live loop
 # Ends that are Discord's routine (op 7, our own zombie detection) are no failure sample.
-_NOT_FAILURES = frozenset({"reconnect", "heartbeat_timeout"})
+# Session housekeeping, not Discord instability. op 9 is how Discord answers an IDENTIFY
+# inside the max_concurrency window (CDP identifies with the same token whenever it starts,
+# e.g. beside us on `docker compose up`) and a RESUME of an expired session
+# (discord-api-docs events/gateway.mdx: "Invalid Session").
+_NOT_FAILURES = frozenset({"reconnect", "heartbeat_timeout", "invalid_session"})
 _MAX_BAD_RESUMES = 3
 _BUDGET_REASONS = frozenset({"reserve", "daily_max"})
 
