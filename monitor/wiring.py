@@ -233,14 +233,17 @@ def new_reconciler(
     activity: Callable[[], Activity] | None = None,
     live: LiveGuild | None = None,
 ) -> Reconciler:
-    return Reconciler.from_config(
-        config,
+    return Reconciler(
+        config.reconcile,
+        guild_id=config.discord.guild_id,
+        channel_limit=config.discord.channel_limit,
         rest=rest,
         ledger=ledger,
         state_dir=state_dir,
         metrics=metrics,
         clock=clock,
         logger=logger,
+        cdp=config.cdp,
         activity=activity,
         live=live,
     )

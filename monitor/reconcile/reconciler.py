@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from monitor.clock import SYSTEM_CLOCK, Clock
-from monitor.config import CdpConfig, Config, ReconcileConfig
+from monitor.config import CdpConfig, ReconcileConfig
 from monitor.errors import DiscordError, MonitorError, StateError
 from monitor.ledger import LedgerView, RequestLedger
 from monitor.metrics import Metrics
@@ -107,36 +107,6 @@ class Reconciler:
         self._last_run_progress = False
         self._last_report: ReconcileReport | None = None
         self._last_success: float | None = None
-
-    @classmethod
-    def from_config(
-        cls,
-        config: Config,
-        *,
-        rest: ChannelsAPI,
-        ledger: LedgerView | None,
-        state_dir: StateDir,
-        metrics: Metrics,
-        clock: Clock = SYSTEM_CLOCK,
-        logger: logging.Logger = _LOG,
-        activity: Callable[[], Activity] | None = None,
-        live: LiveChannels | None = None,
-    ) -> Reconciler:
-        """A reconciler for the config's guild, limit, `reconcile` and `cdp` sections."""
-        return cls(
-            config.reconcile,
-            guild_id=config.discord.guild_id,
-            channel_limit=config.discord.channel_limit,
-            rest=rest,
-            ledger=ledger,
-            state_dir=state_dir,
-            metrics=metrics,
-            clock=clock,
-            logger=logger,
-            cdp=config.cdp,
-            activity=activity,
-            live=live,
-        )
 
     def reconfigure(
         self,
