@@ -229,6 +229,10 @@ class GateConfig(_Section):
     max_concurrent_creates: Annotated[Int, Field(ge=1)] = 8
     queue_wait: Duration = 10.0
     create_rate: Annotated[Number, Field(ge=0)] = 0.0
+    # Admit a create only while its predicted wait in CDP's create queue stays under
+    # (1 - limit_headroom) x cdp.create_attempt_timeout (monitor/gate/limit.py).
+    adaptive_limit: bool = True
+    limit_headroom: Annotated[Number, Field(ge=0, lt=1)] = 0.25
     half_open_trials: Annotated[Int, Field(ge=1)] = 1
     cdp_default_channel: bool = False  # kept for old configs: cdp.default_channel
     # Creates only (the rest stream): CDP takes base64 images of any size.
