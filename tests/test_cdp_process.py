@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import re
 import sys
 from datetime import datetime
@@ -115,6 +116,36 @@ async def test_a_restart_drops_requests_kills_creates_and_forgets_timers(
     assert sim_channels(discord_sim, f"cdp-chat-{rid.lower()}")
     await put_faults(http, discord_sim, latency_ms=0)
     assert (await chat(http, emu))[0] == 200  # the new process answers
+
+
+async def test_a_restart_while_coze_is_silent_drops_the_request_like_a_dead_process(
+    make_emu: MakeEmu,
+    discord_sim: DiscordSimulator,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The request waits for Coze with its channel made and its prompt posted; CDP dies.
+    # A dead process runs no more of the handler (no deferred delete timer, nothing
+    # logged): the client's connection drops, with no traceback on the emulator's side.
+    emu = await make_emu(auto_delete=20.0)
+    discord_sim.state.coze_faults.silence = True
+    in_flight = asyncio.create_task(chat(http, emu, body={**CHAT, "stream": True}))
+    [channel] = await eventually(
+        lambda: [c for c in sim_channels(discord_sim) if c.name.startswith("cdp-chat-")]
+    )
+    await eventually(lambda: channel.messages)
+    with caplog.at_level(logging.DEBUG):
+        async with http.post(emu.admin_url + "/restart") as resp:
+            assert resp.status == 200
+        with pytest.raises(aiohttp.ClientError):
+            await in_flight  # no answer, no X-Request-Id
+        await eventually(lambda: emu.running)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]
+    state = await cdp_state(http, emu)
+    assert state["dropped_requests"] == 1 and state["pending_delete_timers"] == 0
+    assert channel.id in discord_sim.state.channels  # CDP's timer for it never existed
+    assert not [x for x in emu.log_lines if x.startswith("[GIN]")]  # no answer logged
 
 
 async def test_stay_active_task_creates_posts_and_deletes(

@@ -98,6 +98,11 @@ class CdpEmulator:
     def running(self) -> bool:
         return self._process is not None
 
+    def is_current(self, proc: Process) -> bool:
+        """Whether `proc` is still the running process: a killed one (its requests
+        cancelled mid-handler) runs no more of its code, deferred calls included."""
+        return self._process is proc
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Start the process and listen; CdpFatal after a `[FATAL]` line."""
         self.host = host

@@ -140,7 +140,7 @@ class OpenAiHandlers:
     # -- chat --------------------------------------------------------------------------
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        rid = REQUEST_ID.get()
+        rid, proc = REQUEST_ID.get(), self.emu.process
         body = await self._decode(request, "OpenAIChatCompletionRequest", CHAT_FIELDS)
         self._check_user_auths(rid)
         channel_id, is_new = await self._send_channel(request, body, CREATE_FAILED)
@@ -148,7 +148,7 @@ class OpenAiHandlers:
             content = _dialog(body.get("messages"))
             return await self._converse(request, rid, channel_id, content, body)
         finally:
-            if is_new:
+            if is_new and self.emu.is_current(proc):  # a killed process runs no defer
                 await self._set_timer(channel_id)
 
     async def _converse(
@@ -212,7 +212,7 @@ class OpenAiHandlers:
     # -- images ------------------------------------------------------------------------
 
     async def images(self, request: web.Request) -> web.Response:
-        rid = REQUEST_ID.get()
+        rid, proc = REQUEST_ID.get(), self.emu.process
         body = await self._decode(request, "OpenAIImagesGenerationRequest", IMAGE_FIELDS)
         self._check_user_auths(rid)
         channel_id, is_new = await self._send_channel(request, body, "config error")
@@ -240,7 +240,7 @@ class OpenAiHandlers:
                     )
             raise request_error("Failed to fetch image URL, please try again later.")
         finally:
-            if is_new:
+            if is_new and self.emu.is_current(proc):  # a killed process runs no defer
                 await self._set_timer(channel_id)
 
 
