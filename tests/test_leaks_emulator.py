@@ -211,3 +211,49 @@ async def test_emergency_never_takes_a_live_request_whose_prompt_post_is_slow(
             lambda: int(leak) not in discord_sim.state.channels, what="the leak", bound=BOUND
         )
         assert {c.id for c in live} <= set(discord_sim.state.channels)
+
+
+async def test_an_empty_channel_of_a_create_still_awaiting_cdps_answer_is_not_aged_out(
+    discord_sim: DiscordSimulator,
+    keeping_cdp: CdpEmulator,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """min_age 1 s, CDP's prompt posts take 3 s: each request's channel sits empty,
+    older than min_age, and the gate knows no request id for it (CDP names it only when
+    it answers). None is deleted as empty_aged (CDP would get 10003 and answer 500): each
+    was born after a create the gate is still forwarding. Once nothing is in flight, an
+    empty leak goes."""
+    config = fast_config(discord_sim, tmp_path / "state", **compressed(keeping_cdp, "never"))
+    slow_posts = {"latency_ms": 3000, "routes": ["POST /channels/{channel_id}/messages"]}
+    await put_faults(http, discord_sim, rest=slow_posts)
+    async with running_daemon(config) as daemon:
+        await wait_for(daemon.ready, what="ready", bound=BOUND)
+        rec = daemon.reconciler
+        assert rec is not None
+        requests = [asyncio.create_task(chat(http, daemon, stream=False)) for _ in range(3)]
+        kept: set[str] = set()  # kept by a run as the channel of a create in flight
+
+        def answered() -> bool:
+            report = rec.last_report
+            if report is not None:
+                kept.update(s["id"] for s in report.skipped if "born after a create" in s["why"])
+            return all(r.done() for r in requests)
+
+        await wait_for(answered, what="the requests answered", bound=BOUND)
+        assert deleted_total(daemon) == 0
+        assert [r.result() for r in requests] == [200] * 3  # no 10003, no 500
+        unknown = sum(
+            n
+            for (route, code), n in discord_sim.state.requests.items()
+            if code == 404 and route.endswith("/messages")
+        )
+        assert unknown == 0
+        live = [c for c in discord_sim.state.channels.values() if c.name.startswith("cdp-chat-20")]
+        assert {str(c.id) for c in live} == kept and all(c.messages for c in live)
+        # Nothing in flight now: an empty leak is deleted once older than min_age.
+        (leak,) = await seed(http, discord_sim, count=1, prefix="cdp-chat-zz")
+        await wait_for(
+            lambda: int(leak) not in discord_sim.state.channels, what="the leak", bound=BOUND
+        )
+        assert {c.id for c in live} <= set(discord_sim.state.channels)

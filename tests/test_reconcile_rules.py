@@ -111,6 +111,22 @@ def test_in_flight_is_never_deleted_even_in_an_emergency() -> None:
     assert "died with CDP" in why_of(restarted, stream["id"])
 
 
+def test_an_empty_channel_born_after_a_create_still_unnamed_at_the_gate_is_kept() -> None:
+    # The gate forwarded a create 20 min ago and CDP has not answered (no request id
+    # yet): a channel born since may be its channel, prompt not posted; one born before
+    # (beyond the clock slack) cannot be.
+    older = chan(30 * MIN, "cdp-chat-20240101000000123aaaaaaaa")
+    newer = chan(15 * MIN, "cdp-chat-20240101000000123bbbbbbbb")
+    activity = Activity(inflight_creates=1, unnamed_creates_since=NOW - 20 * MIN)
+    for limit in (500, 3):  # with and without an emergency
+        p = plan([older, newer], None, cfg(), NOW, guild_limit=limit, activity=activity)
+        assert ids(p.actions) == [older["id"]]
+        assert "born after a create" in why_of(p, newer["id"])
+    # Once CDP answers (the ledger knows the id) or the create ends, min_age rules again.
+    p = plan([older, newer], None, cfg(), NOW, guild_limit=500, activity=Activity(0))
+    assert sorted(ids(p.actions)) == sorted([older["id"], newer["id"]])
+
+
 def test_stay_active_channels_are_protected_until_their_task_is_over() -> None:
     made = NOW - 5 * MIN
     name = f"cdp-chat-{sonyflake(made)}"

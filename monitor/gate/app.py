@@ -101,6 +101,10 @@ class Gate:
         )
         self._proxy = Proxy(config.upstream, session=session, timeout=timeout, logger=logger)
         self._inflight: Counter[str] = Counter()
+        # Creates forwarded to CDP whose request id (X-Request-Id) is not known yet: when
+        # each was forwarded (wall clock). Until the ledger knows the id, only this says
+        # a channel born since may be a live request's (unnamed_creates_since).
+        self._unnamed: dict[object, float] = {}
         self._decisions: Counter[str] = Counter()
         self._cdp_errors: Counter[str] = Counter()
         self._attributed: Counter[str] = Counter()  # discord_ok | discord_failed | cdp_error
@@ -115,6 +119,11 @@ class Gate:
     @property
     def fail_open(self) -> bool:
         return self._admission.fail_open
+
+    def unnamed_creates_since(self) -> float | None:
+        """When the oldest create still in flight without a known request id was
+        forwarded to CDP (wall clock), or None when there is none."""
+        return min(self._unnamed.values(), default=None)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -284,12 +293,16 @@ class Gate:
         self._inflight[kind] += 1
         self._inflight_gauge(kind).inc()
         outcome: Outcome | None = None
+        token = object()
+        if create:
+            self._unnamed[token] = self._clock.time()
 
         def answered(request_id: str | None) -> None:
             if slot is not None:
                 slot.release("answer")  # CDP answers: its creation is over (DESIGN 7)
             if request_id and create and self._ledger is not None:
                 self._ledger.opened(request_id, self._clock.time())
+                self._unnamed.pop(token, None)  # the ledger protects its channel now
 
         try:
             outcome = await self._proxy.forward(
@@ -302,6 +315,7 @@ class Gate:
             self._count(kind, outcome.decision)
             return self._answered(kind, outcome.response)
         finally:
+            self._unnamed.pop(token, None)
             self._inflight[kind] -= 1
             self._inflight_gauge(kind).dec()
             duration = self._clock.monotonic() - started

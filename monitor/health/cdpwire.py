@@ -32,6 +32,8 @@ class GateStatus(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
+    def unnamed_creates_since(self) -> float | None: ...
+
 
 def cdplog_lines(
     config: CdpLogConfig, *, clock: Clock, logger: logging.Logger
@@ -111,10 +113,13 @@ def cdp_liveness_gap(
 
 def gate_activity(gate: Callable[[], GateStatus | None]) -> Callable[[], Activity]:
     """What the gate has in flight, for the reconciler's rules (nothing known without
-    a gate)."""
+    a gate): how many creates, and since when one awaits its request id."""
 
     def activity() -> Activity:
         g = gate()
-        return Activity() if g is None else Activity(g.status()["inflight"].get("create", 0))
+        if g is None:
+            return Activity()
+        since = g.unnamed_creates_since()
+        return Activity(g.status()["inflight"].get("create", 0), unnamed_creates_since=since)
 
     return activity

@@ -23,7 +23,9 @@ Any other channel:
   empty → `empty_aged` once older than `min_age`; above the high watermark once older
     than `emergency_min_age`, but only with evidence its request is over: a CDP restart
     since it was created, or no channel-creating request in flight at the gate. Without
-    the gate (nothing known in flight) `min_age` applies.
+    the gate (nothing known in flight) `min_age` applies. Never while it was born after
+    a create the gate still forwards without knowing its request id (CDP names it only
+    when it answers): it may be that request's channel, its prompt not posted yet.
   with messages → `cdp_restart` when its name is a request's (`cdp-chat-<request id>`),
     CDP restarted since it was created and `cdp.request_lifetime` has passed (CDP's
     delete timer died with it); `stale`
@@ -57,6 +59,9 @@ REASONS = (
 _STAY_ACTIVE_RE = re.compile(r"cdp-chat-(?P<id>\d{1,20})")
 _SONYFLAKE_EPOCH = 1_672_531_200.0
 _SONYFLAKE_SLACK = 3600.0
+# Discord's clock (a snowflake's time) against ours: a channel born up to this long
+# before a create was forwarded may still be that create's.
+_CLOCK_SLACK = 2.0
 # A request's channel as CDP names it (lowercased): 14 digits of time, 1-9 of nanoseconds,
 # 8 random; a channel named otherwise (POST /api/channel/create) has no CDP timer to lose.
 _REQUEST_CHANNEL_RE = re.compile(r"cdp-chat-\d{15,23}[0-9a-z]{8}")
@@ -69,6 +74,9 @@ class Activity:
     # Channel-creating requests the gate is forwarding (None: unknown, no gate). A
     # request's channel is protected by the ledger only once CDP's first byte arrives.
     inflight_creates: int | None = None
+    # When the oldest create the gate is forwarding without a known request id was
+    # forwarded (wall clock; None: none, or no gate).
+    unnamed_creates_since: float | None = None
     # The operator's `reconcile --adopt-older-than`: channels with messages that no rule
     # judges, older than this (and idle as long), are deleted as `adopted`.
     adopt_older_than: float | None = None
@@ -133,7 +141,7 @@ def judge(
         return _stay_active(last, inputs, now - task)
     restarted = any(t > created for t in ledger.restarts)
     if last is None:
-        return _empty(inputs, now - created, min_age, restarted)
+        return _empty(inputs, now, created, min_age, restarted)
     return _with_messages(name, last, inputs, now, now - created, restarted)
 
 
@@ -175,20 +183,25 @@ def _stay_active(last: int | None, inputs: Inputs, task_age: float) -> Verdict:
     return Verdict(None, why, "active", last)
 
 
-def _empty(inputs: Inputs, age: float, min_age: float, restarted: bool) -> Verdict:
-    s = inputs.settings
-    if age > s.min_age:
-        return Verdict("empty_aged", "", "leaked")
+def _empty(inputs: Inputs, now: float, created: float, min_age: float, restarted: bool) -> Verdict:
+    s, age = inputs.settings, now - created
     if age <= min_age:
         return Verdict(None, f"empty, only {ago(age)} old (min_age {ago(min_age)})", "empty")
     # Above the watermark: older than emergency_min_age but not min_age. CDP's prompt
     # post has no timeout, so age alone does not say the request is over.
     inflight = inputs.activity.inflight_creates
-    if restarted or inflight == 0:
-        return Verdict("empty_aged", "", "leaked")
-    known = "nothing known in flight (no gate)" if inflight is None else f"{inflight} in flight"
-    why = f"empty, {ago(age)} old; its request may be live ({known}), min_age {ago(s.min_age)}"
-    return Verdict(None, why, "empty")
+    if not (age > s.min_age or restarted or inflight == 0):
+        known = "nothing known in flight (no gate)" if inflight is None else f"{inflight} in flight"
+        why = f"empty, {ago(age)} old; its request may be live ({known}), min_age {ago(s.min_age)}"
+        return Verdict(None, why, "empty")
+    since = inputs.activity.unnamed_creates_since
+    if since is not None and created >= since - _CLOCK_SLACK:
+        why = (
+            f"empty, {ago(age)} old; born after a create the gate forwarded {ago(now - since)} "
+            "ago and still awaits CDP's answer to (its request id unknown): may be its channel"
+        )
+        return Verdict(None, why, "empty")
+    return Verdict("empty_aged", "", "leaked")
 
 
 def _with_messages(
