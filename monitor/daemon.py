@@ -27,7 +27,8 @@ from monitor.discord.session_watch import GuildWatch
 from monitor.errors import ConfigError
 from monitor.gate import Gate, new_upstream_session
 from monitor.health.breaker import HealthBreaker
-from monitor.health.cdpwire import cdp_liveness_gap, cdplog_lines, cdplog_signal, gate_activity
+from monitor.health.cdpresume import CdpLogResume
+from monitor.health.cdpwire import cdp_liveness_gap, cdplog_signal, gate_activity
 from monitor.health.probes import (
     ProbeContext,
     ProbeResult,
@@ -154,8 +155,9 @@ class Daemon:
         return self.health.evaluate(self.clock.time())
 
     async def _cdplog_loop(self) -> None:
-        lines = cdplog_lines(self.config.signals.cdp_log, clock=self.clock, logger=self.log)
-        await self.cdplog.consume(lines)
+        # Caught up first on CDP restarts logged while this daemon was away.
+        resume = CdpLogResume(self.state_dir, self.ledger, clock=self.clock, logger=self.log)
+        await self.cdplog.consume(resume.lines(self.config.signals.cdp_log))
 
     async def _reconcile_loop(self) -> None:
         def breaker_state() -> tuple[str, float]:

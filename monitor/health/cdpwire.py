@@ -71,6 +71,7 @@ def cdplog_signal(
         now = clock.time()
         if isinstance(event, CdpStarted):
             dead = ledger.cdp_restarted(now)
+            ledger.flush()  # on disk before the log position past it (cdpresume.py)
             logger.warning(
                 "CDP %s started: its delete timers are gone; %d open requests died with the "
                 "old process; their channels are reconciled once their time has passed",

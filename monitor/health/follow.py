@@ -10,7 +10,7 @@ import asyncio
 import glob as globlib
 import logging
 import os
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,11 +27,25 @@ def _file_id(st: os.stat_result) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
+FileId = tuple[int, int]  # (st_dev, st_ino)
+# Where a follower goes on from (instead of the end): a file and a byte offset in it.
+Start = tuple[FileId, int]
+# Called after each poll: the file, how far its lines were handled, the time the poll
+# began (every byte from that offset on was written after it).
+OnMark = Callable[[Path, FileId, int, float], None]
+
+
 class _Tail:
     """Synchronous core of `follow_file`: each `poll` returns the lines added since."""
 
     def __init__(
-        self, path: Path, *, max_line_bytes: int, log: logging.Logger, from_start: bool = False
+        self,
+        path: Path,
+        *,
+        max_line_bytes: int,
+        log: logging.Logger,
+        from_start: bool = False,
+        start: Start | None = None,
     ) -> None:
         self._path = path
         self._max = max_line_bytes
@@ -40,6 +54,7 @@ class _Tail:
         self._ident: tuple[int, int] | None = None
         self._buf = b""
         self._first_look = not from_start
+        self._start = start
 
     def _open(self) -> None:
         try:
@@ -50,7 +65,10 @@ class _Tail:
         self._fh = fh
         self._ident = _file_id(os.fstat(fh.fileno()))
         if self._first_look:
-            fh.seek(0, os.SEEK_END)
+            end = fh.seek(0, os.SEEK_END)
+            if self._start is not None:  # on from there; another file is all new
+                ident, offset = self._start
+                fh.seek(offset if ident == self._ident and offset <= end else 0)
         else:
             self._log.info("following %s from its start", self._path)
         self._first_look = False
@@ -95,10 +113,22 @@ class _Tail:
                 lines += self._drain()
         return [_decode(raw) for raw in lines]
 
+    def position(self) -> Start | None:
+        """The file read and how far its complete lines were returned."""
+        if self._fh is None or self._ident is None:
+            return None
+        return self._ident, self._fh.tell() - len(self._buf)
+
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def _mark(tail: _Tail, on_mark: OnMark | None, path: Path, at: float) -> None:
+    pos = tail.position() if on_mark is not None else None
+    if on_mark is not None and pos is not None:
+        on_mark(path, pos[0], pos[1], at)
 
 
 async def follow_file(
@@ -108,19 +138,25 @@ async def follow_file(
     poll_interval: float = 0.5,
     max_line_bytes: int = 1 << 20,
     logger: logging.Logger | None = None,
+    start: Start | None = None,
+    on_mark: OnMark | None = None,
 ) -> AsyncGenerator[str, None]:
     """Lines appended to `path`, like `tail -F`, forever.
 
-    Starts at the end of the file if it exists on the first look; a file that appears
-    later, replaces it (rotation: new inode) or shrinks below our position (truncation)
-    is read from its start. Reads are plain blocking reads of a local file in bounded
-    chunks, quick enough not to need a thread.
+    Starts at the end of the file if it exists on the first look (at `start` when that
+    is the file); a file that appears later, replaces it (rotation: new inode) or
+    shrinks below our position (truncation) is read from its start. Reads are plain
+    blocking reads of a local file in bounded chunks, quick enough not to need a
+    thread. `on_mark` hears how far the lines were handled after each poll.
     """
-    tail = _Tail(Path(path), max_line_bytes=max_line_bytes, log=logger or _log)
+    file = Path(path)
+    tail = _Tail(file, max_line_bytes=max_line_bytes, log=logger or _log, start=start)
     try:
         while True:
+            at = clock.time()
             for line in tail.poll():
                 yield line
+            _mark(tail, on_mark, file, at)
             await clock.sleep(poll_interval)
     finally:
         tail.close()
@@ -140,16 +176,24 @@ async def follow_newest(
     poll_interval: float = 0.5,
     max_line_bytes: int = 1 << 20,
     logger: logging.Logger | None = None,
+    start: Start | None = None,
+    on_mark: OnMark | None = None,
 ) -> AsyncGenerator[str, None]:
     """Lines appended to the newest file matching `pattern` (e.g. `/var/log/cdp/log-*.log`),
-    forever. The newest file on the first look is followed from its end; when a newer
-    one appears (CDP restarted on another day), the rest of the old one is read, then
-    the new one from its start. A file that is already the newest is never re-read."""
+    forever. The newest file on the first look is followed from its end (from `start`
+    when that is the file); when a newer one appears (CDP restarted on another day), the
+    rest of the old one is read, then the new one from its start. A file that is
+    already the newest is never re-read. `on_mark`: as for `follow_file`."""
     log = logger or _log
     current = newest_file(pattern)
-    tail = None if current is None else _Tail(current, max_line_bytes=max_line_bytes, log=log)
+    tail = (
+        None
+        if current is None
+        else _Tail(current, max_line_bytes=max_line_bytes, log=log, start=start)
+    )
     try:
         while True:
+            at = clock.time()
             newest = newest_file(pattern)
             if newest is not None and newest != current:
                 if tail is not None:
@@ -160,9 +204,10 @@ async def follow_newest(
                 current = newest
                 # Appeared after we started: every line in it is new.
                 tail = _Tail(newest, max_line_bytes=max_line_bytes, log=log, from_start=True)
-            if tail is not None:
+            if tail is not None and current is not None:
                 for line in tail.poll():
                     yield line
+                _mark(tail, on_mark, current, at)
             await clock.sleep(poll_interval)
     finally:
         if tail is not None:

@@ -1,0 +1,117 @@
+"""A CDP restart while the daemon is away (stopped, SIGKILLed, restarting), against the
+CDP emulator writing its log file and the whole daemon: the next daemon finds CDP's start
+line in what the log got since its last look (`cdplog.json`), records the restart no
+later than it happened, and the channel of the request that died with CDP, never
+answered and so unknown to the ledger, is deleted once its time has passed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from monitor.config import Config
+from monitor.discord.snowflake import snowflake_time
+from monitor.health.cdpresume import CURSOR_FILE, LogMark
+from monitor.sim.discord import DiscordSimulator
+from tests.helpers.daemon import fast_config, running_daemon
+from tests.helpers.wait import wait_for
+from tests.test_cdp_emulator import CHAT, MakeEmu, chat, make_emu
+
+__all__ = ["make_emu"]
+BOUND = 60.0
+
+
+def config_for(sim: DiscordSimulator, tmp_path: Path, cdp_log: Path) -> Config:
+    # CDP's timers 100x faster: attempts 0.6 s, REQUEST_OUT_TIME 3 s; the monitor's to match.
+    return fast_config(
+        sim,
+        tmp_path / "state",
+        discord={"gateway_session": {"enabled": False}},
+        signals={"cdp_log": {"enabled": True, "file": str(cdp_log)}},
+        cdp={"auto_delete": "6s", "request_timeout": "3s", "create_attempt_timeout": "600ms"},
+        reconcile={
+            "enabled": True,
+            "interval": "200ms",
+            "min_age": "1h",
+            "settle_delay": "0s",
+            "census_interval": "200ms",
+            "list_spacing": "200ms",
+        },
+    )
+
+
+def saved_mark(tmp_path: Path) -> LogMark | None:
+    path = tmp_path / "state" / CURSOR_FILE
+    if not path.exists():
+        return None
+    return LogMark.from_json(json.loads(path.read_text()), now=float("inf"))
+
+
+async def test_a_restart_while_the_daemon_was_away_is_caught_up_from_cdps_log(
+    make_emu: MakeEmu, discord_sim: DiscordSimulator, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    cdp_log = tmp_path / "cdp.log"
+    emu = await make_emu(time_scale=100.0, auto_delete=600.0, log_path=cdp_log)
+    config = config_for(discord_sim, tmp_path, cdp_log)
+    discord_sim.state.coze_faults.silence = True  # the request waits for Coze: no answer
+    # out-time: CDP waits an hour (36 s here) for Coze's answer: still waiting when it dies.
+    request = asyncio.create_task(chat(http, emu, headers={"out-time": "3600"}))
+    async with running_daemon(config) as daemon:
+        await wait_for(daemon.ready, what="ready", bound=BOUND)
+        channel = await wait_for(
+            lambda: next(
+                (c for c in discord_sim.state.channels.values() if c.messages), None
+            ),
+            what="the request's channel with its prompt",
+            bound=BOUND,
+        )
+        born = snowflake_time(channel.id)
+        await wait_for(
+            lambda: (m := saved_mark(tmp_path)) is not None and m.at > born,
+            what="the log position saved after the channel was made",
+            bound=BOUND,
+        )
+        assert daemon.ledger.restarts == ()
+    # No monitor runs: CDP dies with the request and comes back.
+    async with http.post(emu.admin_url + "/restart") as resp:
+        assert resp.status == 200
+    with pytest.raises(aiohttp.ClientError):
+        await request
+    await wait_for(lambda: emu.running, what="CDP back", bound=BOUND)
+    restarted_by = emu.clock.time()
+    async with running_daemon(config) as daemon:
+        # The restart is known at once, no later than it happened ...
+        [at] = daemon.ledger.restarts
+        assert born < at <= restarted_by
+        # ... and the dead request's channel goes once its time (4.8 s) has passed.
+        await wait_for(
+            lambda: channel.id not in discord_sim.state.channels,
+            what="the dead request's channel deleted",
+            bound=BOUND,
+        )
+        deleted = [r for r in daemon.state_dir.read_audit() if r["event"] == "deleted"]
+        assert [(int(r["channel_id"]), r["reason"]) for r in deleted] == [
+            (channel.id, "cdp_restart")
+        ]
+
+
+async def test_without_a_start_line_since_the_last_look_no_restart_is_made_up(
+    make_emu: MakeEmu, discord_sim: DiscordSimulator, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    cdp_log = tmp_path / "cdp.log"
+    emu = await make_emu(time_scale=100.0, log_path=cdp_log)
+    config = config_for(discord_sim, tmp_path, cdp_log)
+    async with running_daemon(config) as daemon:
+        await wait_for(daemon.ready, what="ready", bound=BOUND)
+        await wait_for(lambda: saved_mark(tmp_path) is not None, what="a mark", bound=BOUND)
+    # CDP logs while no monitor runs (requests, their [GIN] lines), but does not restart.
+    async with http.post(emu.base_url + "/v1/chat/completions", json=CHAT) as resp:
+        assert resp.status == 200
+    assert cdp_log.read_text().count("started") == 1
+    async with running_daemon(config) as daemon:
+        await wait_for(daemon.ready, what="ready", bound=BOUND)
+        assert daemon.ledger.restarts == ()
