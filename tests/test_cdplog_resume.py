@@ -15,7 +15,7 @@ import pytest
 
 from monitor.config import Config
 from monitor.discord.snowflake import snowflake_time
-from monitor.health.cdpresume import CURSOR_FILE, LogMark
+from monitor.health.cdpresume import CURSOR_FILE, LogMark, scan_for_start
 from monitor.sim.discord import DiscordSimulator
 from tests.helpers.daemon import fast_config, running_daemon
 from tests.helpers.wait import wait_for
@@ -63,9 +63,7 @@ async def test_a_restart_while_the_daemon_was_away_is_caught_up_from_cdps_log(
     async with running_daemon(config) as daemon:
         await wait_for(daemon.ready, what="ready", bound=BOUND)
         channel = await wait_for(
-            lambda: next(
-                (c for c in discord_sim.state.channels.values() if c.messages), None
-            ),
+            lambda: next((c for c in discord_sim.state.channels.values() if c.messages), None),
             what="the request's channel with its prompt",
             bound=BOUND,
         )
@@ -84,7 +82,9 @@ async def test_a_restart_while_the_daemon_was_away_is_caught_up_from_cdps_log(
     await wait_for(lambda: emu.running, what="CDP back", bound=BOUND)
     restarted_by = emu.clock.time()
     async with running_daemon(config) as daemon:
-        # The restart is known at once, no later than it happened ...
+        # The restart is known from the start (the log loop's first step), no later
+        # than it happened ...
+        await wait_for(lambda: daemon.ledger.restarts, what="the restart", bound=BOUND)
         [at] = daemon.ledger.restarts
         assert born < at <= restarted_by
         # ... and the dead request's channel goes once its time (4.8 s) has passed.
@@ -107,11 +107,46 @@ async def test_without_a_start_line_since_the_last_look_no_restart_is_made_up(
     config = config_for(discord_sim, tmp_path, cdp_log)
     async with running_daemon(config) as daemon:
         await wait_for(daemon.ready, what="ready", bound=BOUND)
-        await wait_for(lambda: saved_mark(tmp_path) is not None, what="a mark", bound=BOUND)
+        first = await wait_for(lambda: saved_mark(tmp_path), what="a mark", bound=BOUND)
     # CDP logs while no monitor runs (requests, their [GIN] lines), but does not restart.
     async with http.post(emu.base_url + "/v1/chat/completions", json=CHAT) as resp:
         assert resp.status == 200
     assert cdp_log.read_text().count("started") == 1
     async with running_daemon(config) as daemon:
         await wait_for(daemon.ready, what="ready", bound=BOUND)
+        await wait_for(lambda: saved_mark(tmp_path) != first, what="a new mark", bound=BOUND)
         assert daemon.ledger.restarts == ()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        [],
+        {"path": "/x", "dev": 1, "ino": 2, "offset": -1, "at": 10.0},
+        {"path": "/x", "dev": True, "ino": 2, "offset": 0, "at": 10.0},
+        {"path": "/x", "dev": 1, "ino": 2, "offset": 0, "at": float("nan")},
+        {"path": "/x", "dev": 1, "ino": 2, "offset": 0, "at": 1e12},  # far in the future
+    ],
+)
+def test_a_saved_position_that_cannot_be_trusted_is_refused(raw: object) -> None:
+    with pytest.raises(ValueError):
+        LogMark.from_json(raw, now=1000.0)
+
+
+def test_the_scan_reads_complete_lines_from_the_mark_or_a_whole_new_file(tmp_path: Path) -> None:
+    log = tmp_path / "cdp.log"
+    start = "[SYS] 2026/12/01 - 10:00:00 | COZE-DISCORD-PROXY v4.6.5 started \n"
+    gin = "[GIN] 2026/12/01 - 10:00:01 | rid | 200 |   1s |  127.0.0.1 |    POST /v1/x\n"
+    log.write_text(start + gin)
+    st = log.stat()
+    ident = (st.st_dev, st.st_ino)
+    assert scan_for_start(log, (ident, 0)) == ((ident, len(start + gin)), True)
+    after_start = len(start.encode())
+    assert scan_for_start(log, (ident, after_start)) == ((ident, len(start + gin)), False)
+    # A line still being written is left to the follower.
+    with log.open("a") as fh:
+        fh.write(start[:20])
+    assert scan_for_start(log, (ident, after_start)) == ((ident, len(start + gin)), False)
+    # Another file at the path (rotated) is all new.
+    assert scan_for_start(log, ((0, 0), 10**6))[1] is True
