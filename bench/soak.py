@@ -1,11 +1,11 @@
 """Soak: the daemon (a real `python -m monitor run` process) in front of the CDP emulator,
 a steady chat load through its gate, and faults rotating for a while in compressed time:
 Discord 5xx, shared 429 storms, 429s on the create route, a Cloudflare ban, gateway drops,
-op 7, a CDP restart with Coze silent, an operator pause, and the daemon SIGKILLed and
-restarted every few minutes. Then the faults clear, the load stops, and after a recovery
-period it prints the invariants and figures in one table, measured from the simulator,
-the emulator, the audit log and /proc (never from the daemon's own counters; /status
-only for the breaker state).
+op 7, a CDP restart with Coze silent (the first one while the daemon is down), an
+operator pause, and the daemon SIGKILLed and restarted every few minutes. Then the faults
+clear, the load stops, and after a recovery period it prints the invariants and figures
+in one table, measured from the simulator, the emulator, the audit log and /proc (never
+from the daemon's own counters; /status only for the breaker state).
 
     PYTHONPATH=$PWD .venv/bin/python bench/soak.py --minutes 3 [--min-age 15] [--workdir D]
 
@@ -257,6 +257,7 @@ class Soak:
         self.end_status: tuple[float, str | None, Any, bool] | None = None
         self.leaked: list[int] = []
         self.leaked_names: dict[int, str] = {}
+        self.daemon_lock = asyncio.Lock()  # one SIGKILL-and-start at a time
 
     def mark(self, what: str) -> None:
         self.timeline.append((now() - self.t0, what))
@@ -373,7 +374,7 @@ class Soak:
         slot = max(14.0, min(45.0, span / 8))
         on = slot * 0.7
         rotation = fault_rotation(on)
-        i = 0
+        i = cdp_restarts = 0
         await asyncio.sleep(max(0.0, start - now()))
         while now() + slot <= end + 1:
             name, body, extra = rotation[i % len(rotation)]
@@ -381,7 +382,10 @@ class Soak:
             async with http.put(self.sim.admin_url + "/faults", json=body) as resp:
                 resp.raise_for_status()
             if extra == "cdp":
-                await self.restart_cdp(http)
+                # The first CDP restart (every other one) while the daemon is down: it
+                # must learn of it from CDP's log when it is back.
+                await self.restart_cdp(http, daemon_down=cdp_restarts % 2 == 0)
+                cdp_restarts += 1
             elif extra == "pause":
                 await self.control(http, "/pause", {"for": f"{on:.0f}s", "reason": "soak"})
             self.mark(f"fault on: {name}")
@@ -401,12 +405,24 @@ class Soak:
         async with http.put(self.sim.admin_url + "/faults", json=body) as resp:
             resp.raise_for_status()
 
-    async def restart_cdp(self, http: aiohttp.ClientSession) -> None:
+    async def restart_cdp(self, http: aiohttp.ClientSession, *, daemon_down: bool) -> None:
         """CDP's process dies and comes back: requests dropped, delete timers and create
-        goroutines gone. (Coze's silence is the simulator's: it plays Coze.)"""
-        assert self.cdp is not None
-        async with http.post(self.cdp.admin_url + "/restart") as resp:
-            self.mark(f"CDP restart: {resp.status} {await resp.text()}")
+        goroutines gone. (Coze's silence is the simulator's: it plays Coze.) With
+        `daemon_down` the daemon is SIGKILLed first and started once CDP is back."""
+        assert self.cdp is not None and self.daemon is not None
+        if not daemon_down:
+            async with http.post(self.cdp.admin_url + "/restart") as resp:
+                self.mark(f"CDP restart: {resp.status} {await resp.text()}")
+            return
+        async with self.daemon_lock:
+            await self.daemon.end(signal.SIGKILL)
+            self.mark(f"daemon pid {self.daemon.lives[-1].pid} SIGKILLed")
+            async with http.post(self.cdp.admin_url + "/restart") as resp:
+                self.mark(f"CDP restart (daemon down): {resp.status} {await resp.text()}")
+            while not self.cdp.running:
+                await asyncio.sleep(0.05)
+            await self.daemon.start(http)
+            self.mark(f"daemon pid {self.daemon.lives[-1].pid} ready")
 
     async def control(self, http: aiohttp.ClientSession, path: str, body: Any) -> None:
         """POST to the control API, again while the daemon is down (SIGKILLed)."""
@@ -424,10 +440,11 @@ class Soak:
         t = self.t0 + every
         while t < until:
             await asyncio.sleep(max(0.0, t - now()))
-            await self.daemon.end(signal.SIGKILL)
-            self.mark(f"daemon pid {self.daemon.lives[-1].pid} SIGKILLed")
-            await self.daemon.start(http)
-            self.mark(f"daemon pid {self.daemon.lives[-1].pid} ready")
+            async with self.daemon_lock:
+                await self.daemon.end(signal.SIGKILL)
+                self.mark(f"daemon pid {self.daemon.lives[-1].pid} SIGKILLed")
+                await self.daemon.start(http)
+                self.mark(f"daemon pid {self.daemon.lives[-1].pid} ready")
             t += every
 
     async def recover(self, least: float, until: float) -> None:
