@@ -37,7 +37,6 @@ from aiohttp import web
 from monitor import USER_AGENT
 from monitor.demo.settings import CREATE_ROUTE, ScenarioSettings, daemon_config_dict
 from monitor.sim.cdp import CdpEmulator, CdpSettings
-from monitor.sim.cdp.settings import REQUEST_OUT_TIME
 from monitor.sim.discord import DiscordSimulator, SimSettings
 from monitor.vocab import CHANNEL_PREFIX, OPEN_STATES
 
@@ -289,11 +288,6 @@ class Soak:
         gate_port, control_port = free_port(), free_port()
         config["gate"]["listen"] = f"127.0.0.1:{gate_port}"
         config["control"]["listen"] = f"127.0.0.1:{control_port}"
-        # The daemon must know CDP's timers as this CDP runs them (compressed 40x), as
-        # tests/test_leaks_restart.py does: else cdp.request_lifetime (3 x 60 s + 300 s)
-        # outlasts the run, and a request that died with CDP keeps its channel to the end.
-        config["cdp"]["create_attempt_timeout"] = f"{s.attempt_timeout}s"
-        config["cdp"]["request_timeout"] = f"{cdp_settings.scaled(REQUEST_OUT_TIME)}s"
         config["reconcile"]["min_age"] = f"{self.min_age}s"
         config["reconcile"]["emergency_min_age"] = f"{min(self.min_age, 3.0)}s"
         self.budget = float(config["discord"]["global_rate"])
