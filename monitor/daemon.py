@@ -156,7 +156,7 @@ class Daemon:
 
     async def _cdplog_loop(self) -> None:
         # Caught up first on CDP restarts logged while this daemon was away.
-        resume = CdpLogResume(self.state_dir, self.ledger, clock=self.clock, logger=self.log)
+        resume = CdpLogResume(self.cdplog, self.ledger, self.state_dir, self.clock, self.log)
         await self.cdplog.consume(resume.lines(self.config.signals.cdp_log))
 
     async def _reconcile_loop(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -68,13 +69,26 @@ async def test_a_restart_while_the_daemon_was_away_is_caught_up_from_cdps_log(
             bound=BOUND,
         )
         born = snowflake_time(channel.id)
-        await wait_for(
-            lambda: (m := saved_mark(tmp_path)) is not None and m.at > born,
+        async with http.get(emu.base_url + "/v1/models") as resp:  # a [GIN] line, read live
+            assert resp.status == 200
+        mark = await wait_for(
+            lambda: (
+                (m := saved_mark(tmp_path)) is not None
+                and m.at > born
+                and m.utc_offset is not None
+                and m
+            ),
             what="the log position saved after the channel was made",
             bound=BOUND,
         )
+        assert mark.utc_offset == 0  # this machine's local time is UTC (as CDP's here)
         assert daemon.ledger.restarts == ()
-    # No monitor runs: CDP dies with the request and comes back.
+    # No monitor runs: CDP dies with the request and comes back, a second or more after
+    # the daemon's last look.
+    last = saved_mark(tmp_path)
+    assert last is not None
+    await wait_for(lambda: emu.clock.time() >= int(last.at) + 1, what="the next second")
+    restart_sent = emu.clock.time()
     async with http.post(emu.admin_url + "/restart") as resp:
         assert resp.status == 200
     with pytest.raises(aiohttp.ClientError):
@@ -87,6 +101,9 @@ async def test_a_restart_while_the_daemon_was_away_is_caught_up_from_cdps_log(
         await wait_for(lambda: daemon.ledger.restarts, what="the restart", bound=BOUND)
         [at] = daemon.ledger.restarts
         assert born < at <= restarted_by
+        # Dated by the start line (whole seconds, in CDP's local time: the UTC offset
+        # learnt from the lines read live), not the last look before the daemon stopped.
+        assert at >= int(restart_sent) > last.at
         # ... and the dead request's channel goes once its time (4.8 s) has passed.
         await wait_for(
             lambda: channel.id not in discord_sim.state.channels,
@@ -127,6 +144,8 @@ async def test_without_a_start_line_since_the_last_look_no_restart_is_made_up(
         {"path": "/x", "dev": True, "ino": 2, "offset": 0, "at": 10.0},
         {"path": "/x", "dev": 1, "ino": 2, "offset": 0, "at": float("nan")},
         {"path": "/x", "dev": 1, "ino": 2, "offset": 0, "at": 1e12},  # far in the future
+        {"path": "/x", "dev": 1, "ino": 2, "offset": 0, "at": 10.0, "utc_offset": 100.0},
+        {"path": "/x", "dev": 1, "ino": 2, "offset": 0, "at": 10.0, "utc_offset": 9e9},
     ],
 )
 def test_a_saved_position_that_cannot_be_trusted_is_refused(raw: object) -> None:
@@ -141,12 +160,14 @@ def test_the_scan_reads_complete_lines_from_the_mark_or_a_whole_new_file(tmp_pat
     log.write_text(start + gin)
     st = log.stat()
     ident = (st.st_dev, st.st_ino)
-    assert scan_for_start(log, (ident, 0)) == ((ident, len(start + gin)), True)
+    end, [started] = scan_for_start(log, (ident, 0))
+    assert end == (ident, len(start + gin))
+    assert started.logged_at == datetime(2026, 12, 1, 10, 0, 0)
     after_start = len(start.encode())
-    assert scan_for_start(log, (ident, after_start)) == ((ident, len(start + gin)), False)
+    assert scan_for_start(log, (ident, after_start)) == ((ident, len(start + gin)), [])
     # A line still being written is left to the follower.
     with log.open("a") as fh:
         fh.write(start[:20])
-    assert scan_for_start(log, (ident, after_start)) == ((ident, len(start + gin)), False)
+    assert scan_for_start(log, (ident, after_start)) == ((ident, len(start + gin)), [])
     # Another file at the path (rotated) is all new.
-    assert scan_for_start(log, ((0, 0), 10**6))[1] is True
+    assert len(scan_for_start(log, ((0, 0), 10**6))[1]) == 1

@@ -1,11 +1,15 @@
 """CDP restarts logged while the daemon was not reading CDP's log (stopped, SIGKILLed,
 starting): the daemon keeps how far it had handled the log file and when
 (`cdplog.json` in the state dir). At start it scans what was written since for CDP's
-start line and records a restart at that time: the earliest the restart can have
-happened, and an earlier restart time only spares channels (a channel counts as
-outliving CDP's process only when created before the restart; DESIGN 7b). Then the log
-is followed from where the scan ended, so no line falls in between. A log read through
-a command (`docker logs -f`) has no position to keep: no catch-up there.
+start lines and records each restart no later than it happened: an earlier restart
+time only spares channels (a channel counts as outliving CDP's process only when
+created before the restart; DESIGN 7b). The time is the start line's own (CDP's local
+time, whole seconds, rounded down) converted with CDP's UTC offset, learnt from the
+lines read live (each is read within a poll of being written; offsets are whole
+quarter hours); without one, or when the result falls outside the time the daemon was
+away, it is the time of the daemon's last look. Then the log is followed from where the
+scan ended, so no line falls in between. A log read through a command (`docker logs
+-f`) has no position to keep: no catch-up there.
 
 The position saved never runs ahead of what `ledger.json` holds: a start line the
 follower handled is written to the ledger at once (monitor/health/cdpwire.py), and the
@@ -18,21 +22,23 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from monitor.clock import Clock
 from monitor.config import CdpLogConfig
 from monitor.errors import StateError
-from monitor.health.cdplog import CdpStarted, parse_line
+from monitor.health.cdplog import CdpLogEvent, CdpLogSignal, CdpStarted, parse_line
 from monitor.health.cdpwire import cdplog_lines
 from monitor.health.follow import FileId, Start, follow_file, follow_newest, newest_file
 from monitor.ledger import RequestLedger
-from monitor.state import StateDir, past_time
+from monitor.state import StateDir, finite, past_time
 
 CURSOR_FILE = "cdplog.json"
 SAVE_EVERY = 5.0  # seconds between saves of the position (an older one is only weaker)
 SCAN_MAX = 64 << 20  # bytes scanned at start at most: a start line is near the end
+QUARTER_HOUR = 900.0  # UTC offsets are whole quarter hours
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,17 +50,24 @@ class LogMark:
     file: FileId
     offset: int
     at: float
+    utc_offset: float | None = None  # CDP's local time minus UTC, seconds (None: unknown)
 
     def to_json(self) -> dict[str, Any]:
         dev, ino = self.file
-        return {"path": self.path, "dev": dev, "ino": ino, "offset": self.offset, "at": self.at}
+        out = {"path": self.path, "dev": dev, "ino": ino, "offset": self.offset, "at": self.at}
+        return {**out, "utc_offset": self.utc_offset}
 
     @classmethod
     def from_json(cls, raw: Any, now: float) -> LogMark:
         if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
             raise ValueError("not a log position")
         dev, ino, offset = (_whole(raw.get(k)) for k in ("dev", "ino", "offset"))
-        return cls(raw["path"], (dev, ino), offset, past_time(raw.get("at"), "at", now))
+        at = past_time(raw.get("at"), "at", now)
+        utc = raw.get("utc_offset")
+        utc_offset = None if utc is None else finite(utc, "utc_offset")
+        if utc_offset is not None and (abs(utc_offset) > 86_400 or utc_offset % QUARTER_HOUR):
+            raise ValueError(f"utc_offset: {utc_offset!r} is not a UTC offset")
+        return cls(raw["path"], (dev, ino), offset, at, utc_offset)
 
 
 def _whole(value: Any) -> int:
@@ -63,9 +76,14 @@ def _whole(value: Any) -> int:
     return value
 
 
-def scan_for_start(path: Path, start: Start | None) -> tuple[Start | None, bool]:
+def local_epoch(logged_at: datetime) -> float:
+    """A CDP log time (local, no zone) as if it were UTC: minus CDP's UTC offset, the time."""
+    return logged_at.replace(tzinfo=UTC).timestamp()
+
+
+def scan_for_start(path: Path, start: Start | None) -> tuple[Start | None, list[CdpStarted]]:
     """Read `path` from `start` (the whole file when `start` is another file, or beyond
-    its end) to its end: where the scan ended, and whether a CDP start line is in it."""
+    its end) to its end: where the scan ended, and the CDP start lines in it."""
     try:
         with path.open("rb") as fh:
             st = os.fstat(fh.fileno())
@@ -75,11 +93,11 @@ def scan_for_start(path: Path, start: Start | None) -> tuple[Start | None, bool]
             fh.seek(offset)
             data = fh.read(end - offset)
     except OSError:
-        return None, False
+        return None, []
     # Complete lines only: a line still being written is the follower's.
     complete = data[: data.rfind(b"\n") + 1]
     lines = complete.decode("utf-8", errors="replace").splitlines()
-    found = any(isinstance(parse_line(line), CdpStarted) for line in lines)
+    found = [e for e in map(parse_line, lines) if isinstance(e, CdpStarted)]
     return (ident, offset + len(complete)), found
 
 
@@ -88,12 +106,24 @@ class CdpLogResume:
     the daemon was away (a file or the newest file of a glob; a command as before)."""
 
     def __init__(
-        self, state_dir: StateDir, ledger: RequestLedger, *, clock: Clock, logger: logging.Logger
+        self,
+        signal: CdpLogSignal,
+        ledger: RequestLedger,
+        state_dir: StateDir,
+        clock: Clock,
+        logger: logging.Logger,
     ) -> None:
         self._state_dir, self._ledger = state_dir, ledger
         self._clock, self._log = clock, logger
         self._saved_at = -float("inf")  # monotonic
         self._restart = ledger.restarts[-1:]  # the latest restart when last saved
+        self.utc_offset: float | None = None  # CDP's, learnt from the lines read live
+        signal.subscribe(self._observe)
+
+    def _observe(self, event: CdpLogEvent) -> None:
+        if event.logged_at is not None:  # just written (a poll ago): CDP's UTC offset
+            late = local_epoch(event.logged_at) - self._clock.time()
+            self.utc_offset = round(late / QUARTER_HOUR) * QUARTER_HOUR
 
     def load(self) -> LogMark | None:
         raw = self._state_dir.read_json(CURSOR_FILE)
@@ -135,19 +165,29 @@ class CdpLogResume:
             since = None
         else:
             return None
+        self.utc_offset = mark.utc_offset
         start, found = scan_for_start(path, since)
+        dead = sum(self._ledger.cdp_restarted(self._dated(e, mark)) for e in found)
         if found:
-            dead = self._ledger.cdp_restarted(mark.at)
             self._ledger.flush()
             self._restart = self._ledger.restarts[-1:]
             self._log.warning(
-                "CDP started while the monitor was not reading its log (%s has a start line "
-                "written after the monitor's last look): its delete timers are gone; %d open "
-                "requests died; their channels are reconciled once their time has passed",
+                "CDP started %d times while the monitor was not reading its log (%s): its "
+                "delete timers are gone; %d open requests died; their channels are "
+                "reconciled once their time has passed",
+                len(found),
                 path,
                 dead,
             )
         return start
+
+    def _dated(self, started: CdpStarted, mark: LogMark) -> float:
+        """When CDP started, no later than it did: its line's time in UTC, or when the
+        daemon last looked if that is unknown or outside the time the daemon was away."""
+        if started.logged_at is None or self.utc_offset is None:
+            return mark.at
+        at = local_epoch(started.logged_at) - self.utc_offset  # whole seconds: rounded down
+        return max(at, mark.at) if at <= self._clock.time() else mark.at
 
     def mark(self, path: Path, file: FileId, offset: int, at: float) -> None:
         """The follower handled `path` up to `offset` by `at`: saved every SAVE_EVERY,
@@ -156,8 +196,9 @@ class CdpLogResume:
         restart = self._ledger.restarts[-1:]
         if mono - self._saved_at < SAVE_EVERY and restart == self._restart:
             return
+        mark = LogMark(str(path), file, offset, at, self.utc_offset)
         try:
-            self._state_dir.write_json(CURSOR_FILE, LogMark(str(path), file, offset, at).to_json())
+            self._state_dir.write_json(CURSOR_FILE, mark.to_json())
         except StateError as exc:
             self._log.warning("CDP log position not saved: %s", exc)
             return
