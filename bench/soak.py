@@ -369,8 +369,9 @@ class Soak:
         on = slot * 0.7
         rotation = fault_rotation(on)
         i = cdp_restarts = 0
-        await asyncio.sleep(max(0.0, start - now()))
-        while now() + slot <= end + 1:
+        # Each slot at its own time: a slow step (the daemon's restart) shifts none.
+        while (at := start + i * slot) + slot <= end + 1:
+            await asyncio.sleep(max(0.0, at - now()))
             name, body, extra = rotation[i % len(rotation)]
             i += 1
             async with http.put(self.sim.admin_url + "/faults", json=body) as resp:
@@ -383,12 +384,11 @@ class Soak:
             elif extra == "pause":
                 await self.control(http, "/pause", {"for": f"{on:.0f}s", "reason": "soak"})
             self.mark(f"fault on: {name}")
-            await asyncio.sleep(on)
+            await asyncio.sleep(max(0.0, at + on - now()))
             await self.clear_sim_faults(http)
             if extra == "pause":
                 await self.control(http, "/resume", {})
             self.mark(f"fault off: {name}")
-            await asyncio.sleep(slot - on)
 
     async def clear_sim_faults(self, http: aiohttp.ClientSession) -> None:
         """No faults, and Coze answering after `reply_delay`: later than CDP's (scaled)
