@@ -33,8 +33,8 @@ from monitor.vocab import CHANNEL_PREFIX
 OUTAGE_TEXT: dict[str, str] = {
     "slow": "each channel creation takes 0.8 of discordgo's 20 s client timeout, "
     "GET /gateway/bot is slow and the gateway sends HELLO late",
-    "ramp": "channel creation slows down over the outage, from 2 s to just under "
-    "discordgo's 20 s client timeout (no error, no 429)",
+    "ramp": "channel creation slows down over half the outage, from 2 s to just under "
+    "discordgo's 20 s client timeout, and stays there (no error, no 429)",
     "ratelimit": "a 429 storm on channel creation (discordgo sleeps out every one)",
     "hung": "each channel creation takes longer than discordgo's 20 s client timeout, "
     "and the gateway refuses connections",

@@ -10,8 +10,8 @@ The outage kinds are the ways real CDP v4.6.5 leaks (CDP-FACTS.md section 1):
 - `ratelimit`: a 429 storm on channel creation; discordgo sleeps out every 429 and
   retries, so attempts pass 60 s the same way.
 - `ramp`: Discord slows down without ever failing: creation latency rises over the
-  outage from a tenth of discordgo's 20 s client timeout to just under it (re-set every
-  tenth of the outage, `outage_steps`); no 5xx, no 429, only CDP's queue growing past
+  first half of the outage from a tenth of discordgo's 20 s client timeout to just under
+  it, and stays there (`outage_steps`); no 5xx, no 429, only CDP's queue growing past
   its attempt timeout.
 - `hung`: each create takes longer than the 20 s client timeout: the request fails at
   once (no retry), and Discord still creates the channel afterwards.
@@ -38,6 +38,7 @@ OUTAGE_KINDS = ("slow", "ramp", "ratelimit", "hung", "tokens")
 DISCORD_KINDS = frozenset({"slow", "ramp", "ratelimit", "hung"})
 RAMP_STEPS = 10  # `ramp`: the latency is set anew this many times over the outage
 RAMP_FROM, RAMP_TO = 0.1, 0.9  # `ramp`: first and last latency, x discordgo's timeout
+RAMP_SHARE = 0.5  # `ramp`: the share of the outage it rises over (then it stays)
 CDP_ATTEMPT_TIMEOUT = 60.0  # CreateChannelWithRetry's, in real CDP
 CDP_HTTP_TIMEOUT = 20.0  # discordgo's http.Client
 SCENARIOS = ("incident", "prefill")
@@ -205,7 +206,8 @@ def outage_faults(settings: ScenarioSettings) -> dict[str, Any]:
 def outage_steps(settings: ScenarioSettings) -> list[tuple[float, dict[str, Any]]]:
     """(seconds into the outage, `PUT /_sim/faults` body) pairs: one at 0 for every kind
     but `ramp`, whose create latency rises in `RAMP_STEPS` even steps from `RAMP_FROM` to
-    `RAMP_TO` of discordgo's client timeout (a little jitter, never reaching it)."""
+    `RAMP_TO` of discordgo's client timeout (a little jitter, never reaching it) over
+    `RAMP_SHARE` of the outage, then stays."""
     if settings.outage_kind != "ramp":
         return [(0.0, outage_faults(settings))]
     http_ms = settings.http_timeout * 1000
@@ -213,9 +215,8 @@ def outage_steps(settings: ScenarioSettings) -> list[tuple[float, dict[str, Any]
     for i in range(RAMP_STEPS):
         factor = RAMP_FROM + (RAMP_TO - RAMP_FROM) * i / (RAMP_STEPS - 1)
         rest = {"latency_ms": factor * http_ms, "jitter_ms": 0.05 * http_ms}
-        steps.append(
-            (settings.outage * i / RAMP_STEPS, {"rest": rest | {"routes": [CREATE_ROUTE]}})
-        )
+        offset = settings.outage * RAMP_SHARE * i / (RAMP_STEPS - 1)
+        steps.append((offset, {"rest": rest | {"routes": [CREATE_ROUTE]}}))
     return steps
 
 

@@ -27,6 +27,10 @@ from monitor.demo.observe import DaemonView
 from monitor.demo.results import RunResult, breaker_open_for
 from monitor.demo.settings import CREATE_ROUTE, ScenarioSettings
 from monitor.sim.cdp import CdpEmulator
+
+# Discord's 30013 as CDP logs it; not a bare "30013", which CDP's request ids (a
+# timestamp and nanoseconds) contain now and then.
+from monitor.sim.cdp.settings import FULL_GUILD_TEXT
 from monitor.sim.discord import DiscordSimulator
 from monitor.sim.discord.models import THREAD_TYPES
 from monitor.vocab import CHANNEL_PREFIX
@@ -213,7 +217,7 @@ class Watcher:
     def _notice_cdp_log(self) -> None:
         """First-time events read from CDP's log lines."""
         log = self.cdp.log_lines
-        if "full" not in self._told and any("30013" in line for line in log):
+        if "full" not in self._told and any(FULL_GUILD_TEXT in line for line in log):
             self._once("full", GuildFull(**self.stamp()))
         if "errored" not in self._told and any("Client.Timeout" in line for line in log):
             self._once("errored", CreateErrored(**self.stamp(), http_timeout=self.s.http_timeout))
@@ -294,7 +298,7 @@ class Watcher:
     def _count_discord_and_cdp(self) -> None:
         r = self.result
         lines = list(self.cdp.log_lines)
-        r.errors_30013 = sum(1 for line in lines if "30013" in line)
+        r.errors_30013 = sum(1 for line in lines if FULL_GUILD_TEXT in line)
         r.retrying_lines = sum(1 for line in lines if RETRYING in line)
         r.creates_at_cdp = sum(
             n for (path, _), n in self.cdp.stats.requests.items() if path in CREATE_PATHS
