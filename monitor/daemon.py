@@ -272,6 +272,7 @@ class Daemon:
         self.gate = new_gate(
             self.config, health=self.health, metrics=self.metrics, clock=self.clock,
             logger=self.log, session=self._upstream, ledger=self.ledger, live=self.watch.live,
+            blocked=lambda: self.rest.limiter.global_wait(),
         )  # fmt: skip
         self._gate_runner, self.gate_url = await serve(
             self.gate.app(), "gate.listen", self.config.gate.listen_address

@@ -272,6 +272,33 @@ class Metrics:
             self.cdp_errors.labels(kind=kind)
         self.discord_reachable.set(0)
         self._cdp_log(r)
+        self._create_limit(r)
+
+    def _create_limit(self, r: CollectorRegistry) -> None:
+        """The gate's adaptive create limit (monitor/gate/limit.py)."""
+        self.gate_create_limit = Gauge(
+            "cdpmon_gate_create_limit",
+            "Creates that may be pending at CDP at once at Discord's current creation time",
+            registry=r,
+        )
+        self.gate_create_predicted_wait = Gauge(
+            "cdpmon_gate_create_predicted_wait_seconds",
+            "Predicted wait in CDP's create queue of one more create admitted now",
+            registry=r,
+        )
+        self.gate_create_seconds = Gauge(
+            "cdpmon_gate_create_seconds",
+            "Discord's creation time per channel as measured by the gate (slowest recent)",
+            registry=r,
+        )
+        self.gate_creates = Counter(
+            "cdpmon_gate_creates",
+            "Creates admitted by the gate, and completed (their channel seen)",
+            ["stage"],
+            registry=r,
+        )
+        for stage in ("admitted", "completed"):
+            self.gate_creates.labels(stage=stage)
 
     def _cdp_log(self, r: CollectorRegistry) -> None:
         """What CDP's log shows: channel-create retries and failures, restarts, purges."""

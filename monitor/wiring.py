@@ -25,6 +25,7 @@ from monitor.discord.transport import discord_session
 from monitor.errors import MonitorError
 from monitor.events import Events
 from monitor.gate import Gate
+from monitor.gate.limit import LimitSettings
 from monitor.health.effects import TransitionEffects
 from monitor.health.owner import Health
 from monitor.health.probes import ProbeContext, ProbeResult, enabled_probes, run_probe
@@ -265,9 +266,12 @@ def new_gate(
     session: aiohttp.ClientSession,
     ledger: RequestLedger | None,
     live: LiveGuild | None = None,
+    blocked: Callable[[], float] | None = None,
 ) -> Gate:
     """The gate; with `live` and the gateway session on, create slots are freed by the
-    session's channel events (monitor/gate/slots.py)."""
+    session's channel events (monitor/gate/slots.py) and the adaptive limit measures
+    Discord's creation time by them (monitor/gate/limit.py). `blocked`: seconds the
+    shared bot token is known to be blocked."""
     gate = Gate(
         config.gate,
         health=health,
@@ -280,10 +284,24 @@ def new_gate(
         upstream_timeout=upstream_timeout(config),
         default_channel=config.cdp.default_channel or config.gate.cdp_default_channel,
         cdp_create_window=config.cdp.creation_window,
+        limit=create_limit(config),
+        blocked=blocked,
     )
     if live is not None and config.discord.gateway_session.enabled:
         gate.attach_channel_events(live)
     return gate
+
+
+def create_limit(config: Config) -> LimitSettings | None:
+    """The adaptive create limit's settings (None: `gate.adaptive_limit` off)."""
+    if not config.gate.adaptive_limit:
+        return None
+    return LimitSettings(
+        attempt_timeout=config.cdp.create_attempt_timeout,
+        headroom=config.gate.limit_headroom,
+        max_pending=config.gate.max_concurrent_creates,
+        window=config.cdp.creation_window,
+    )
 
 
 def control_app(

@@ -215,6 +215,10 @@ async def test_with_a_session_the_channel_event_frees_the_slot(
             slots = daemon.status()["gate"]["slots"]
             assert slots["released"] == {"channel": 30}
             assert slots["release_on"].startswith("gateway session")
+            # A healthy Discord: the adaptive limit measured every create, refused none.
+            limit = daemon.status()["gate"]["limit"]
+            assert limit["active"] and limit["admitted"] == limit["completed"] == 30
+            assert "limited" not in daemon.status()["gate"]["decisions"]
 
 
 async def test_no_channel_while_events_flow_is_a_discord_failure(

@@ -252,6 +252,11 @@ class RateLimiter:
             if self._clock.monotonic() >= self._global_until:
                 return
 
+    def global_wait(self) -> float:
+        """Seconds every request of this bot must still wait (a global 429 or a ban):
+        CDP shares the token and the IP, so its creates wait as long."""
+        return max(0.0, self._global_until - self._clock.monotonic())
+
     def release(self, ticket: Ticket, headers: Mapping[str, str] | None) -> None:
         """Account for a finished attempt; learn the bucket from the answer's headers."""
         b = ticket.bucket

@@ -1,7 +1,9 @@
 """Whether a channel-creating request may go ahead: the breaker (through the health
 owner, failing open when the health machinery is broken or Discord has never been
 reached, holding in hold mode until the breaker changes), then a concurrency cap with a
-bounded queue wait, then an optional creation-rate cap. All time comes from the injected
+bounded queue wait, an optional creation-rate cap, and the adaptive create limit
+(monitor/gate/limit.py) while the gateway session shows each create's channel; a create
+that waited is checked against the breaker once more. All time comes from the injected
 clock."""
 
 from __future__ import annotations
@@ -9,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from monitor.clock import Clock
 from monitor.config import GateConfig
+from monitor.gate.limit import CreateQueue, LimitSettings, Verdict, retry_after_seconds
 from monitor.gate.slots import CreateSlot, PendingCreations
 from monitor.health.owner import Admission, Health
 from monitor.metrics import Metrics
-from monitor.vocab import GATEWAY_TRIGGER_WORDS
+from monitor.vocab import GATEWAY_TRIGGER_WORDS, OPEN_STATES
 
 MAX_RETRY_AFTER = 120
 _FAIL_OPEN_LOG_EVERY = 30.0  # seconds between repeats of the fail-open error line
@@ -26,7 +31,7 @@ _FAIL_OPEN_LOG_EVERY = 30.0  # seconds between repeats of the fail-open error li
 class Refusal:
     """A create that may not go ahead: the metric's decision and the 503's contents."""
 
-    decision: str  # refused_unstable | refused_paused | queue_full
+    decision: str  # refused_unstable | refused_paused | queue_full | limited
     message: str
     retry_after: int
 
@@ -37,6 +42,7 @@ class Refusal:
 
 
 _CODES = {
+    "limited": "create_queue_full",
     "queue_full": "create_queue_full",
     "refused_paused": "paused",
     "refused_unstable": "discord_unstable",
@@ -80,6 +86,8 @@ class CreateAdmission:
         clock: Clock,
         logger: logging.Logger,
         create_window: float = 0.0,
+        limit: LimitSettings | None = None,
+        blocked: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         self._health = health
@@ -92,6 +100,14 @@ class CreateAdmission:
             clock=clock, window=create_window, release=self._slots.release
         )
         self._rate = RateCap(config.create_rate, clock)
+        # The adaptive limit (None: gate.adaptive_limit off); `blocked`: seconds the
+        # shared bot token is known to be blocked (a global 429 the daemon saw).
+        self.queue = CreateQueue(limit) if limit is not None else None
+        self._blocked = blocked or (lambda: 0.0)
+        self._queue_changed = asyncio.Event()
+        self._shown_limit = config.max_concurrent_creates
+        self.pending.on_channel = self._channel_created
+        self.pending.on_released = self._slot_released
         self._last_fail_open_log: float | None = None
         self.waiting = 0
         self.fail_open = False
@@ -139,38 +155,152 @@ class CreateAdmission:
             self._last_fail_open_log = now
             self._log.error("gate failing open: %s; forwarding creates unchecked", reason)
 
-    async def acquire(self) -> Refusal | None:
-        """Take a create slot (waiting up to `queue_wait`) and a rate token; None on
-        success (then :meth:`release` when done), else the refusal."""
+    async def acquire(self) -> CreateSlot | Refusal:
+        """Take a create slot (waiting up to `queue_wait` for it, for a rate token and for
+        the adaptive limit): the slot to release when the creation is over, or the
+        refusal."""
         queue_wait = self.config.queue_wait
-        deadline = self._clock.monotonic() + queue_wait
+        start = self._clock.monotonic()
+        deadline = start + queue_wait
         self.waiting += 1
         try:
-            got = await self._take_slot(queue_wait)
+            if not await self._take_slot(queue_wait):
+                message = (
+                    f"more than {self.config.max_concurrent_creates} channel-creating "
+                    "requests in flight; try again shortly"
+                )
+                return Refusal("queue_full", message, 1)
+            refusal = await self._rate_token(deadline)
+            if refusal is None:
+                refusal = await self._within_limit(deadline)
+            if refusal is None and self._clock.monotonic() > start:
+                refusal = self._opened_meanwhile()
+            if refusal is not None:
+                self._slots.release()
+                return refusal
         finally:
             self.waiting -= 1
-        if not got:
-            message = (
-                f"more than {self.config.max_concurrent_creates} channel-creating requests "
-                "in flight; try again shortly"
-            )
-            return Refusal("queue_full", message, 1)
+        return self._open_slot()
+
+    async def _rate_token(self, deadline: float) -> Refusal | None:
         wait = self._rate.wait_time()
         if wait > 0 and wait > deadline - self._clock.monotonic():
             self._rate.refund()
-            self._slots.release()
             message = f"channel creation is capped at {self.config.create_rate}/s"
             return Refusal("queue_full", message, max(1, math.ceil(wait)))
         if wait > 0:
             await self._clock.sleep(wait)
         return None
 
-    def release(self) -> None:
-        self._slots.release()
+    def _opened_meanwhile(self) -> Refusal | None:
+        """A create that waited in the queue: the breaker may have opened (or the
+        operator paused) meanwhile. Only an open state refuses here: a half-open trial
+        was taken at admission and is not taken twice."""
+        state, _ = self._health.breaker_state(self._clock.time())
+        if state not in OPEN_STATES or (self.fail_open and state != "forced_open"):
+            return None
+        return _refusal(self._health.admit_create(self._clock.time()))
 
-    def slot(self) -> CreateSlot:
-        """The hold of an acquired slot (monitor/gate/slots.py says what frees it)."""
-        return self.pending.open()
+    # -- the adaptive limit (monitor/gate/limit.py) -----------------------------------
+
+    def limit_active(self) -> bool:
+        """The limit needs each create's channel event: on only while the gateway
+        session's view of the guild is current."""
+        events = self.pending.events
+        return self.queue is not None and events is not None and events.current
+
+    def verdict(self) -> Verdict | None:
+        if self.queue is None or not self.limit_active():
+            return None
+        verdict = self.queue.verdict(self._clock.monotonic(), max(0.0, self._blocked()))
+        self._show(verdict)
+        return verdict
+
+    async def _within_limit(self, deadline: float) -> Refusal | None:
+        while (verdict := self.verdict()) is not None and not verdict.admit:
+            left = deadline - self._clock.monotonic()
+            if left <= 0:
+                assert self.queue is not None
+                message = (
+                    f"Discord is creating channels slowly ({verdict.per_create:.1f}s each, "
+                    f"{self.queue.pending} pending): another one now would wait "
+                    f"{verdict.predicted_wait:.0f}s, past CDP's attempt timeout"
+                )
+                return Refusal("limited", message, retry_after_seconds(verdict, MAX_RETRY_AFTER))
+            # Wake on a finished create, or when time alone may have made room.
+            await self._wait_queue_change(min(left, max(0.01, verdict.retry_after)))
+        return None
+
+    async def _wait_queue_change(self, timeout: float) -> None:
+        changed = asyncio.ensure_future(self._queue_changed.wait())
+        timer = asyncio.ensure_future(self._clock.sleep(timeout))
+        try:
+            await asyncio.wait({changed, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            timer.cancel()
+
+    def _queue_change(self) -> None:
+        self._queue_changed.set()
+        self._queue_changed = asyncio.Event()
+
+    def _open_slot(self) -> CreateSlot:
+        slot = self.pending.open()
+        if self.queue is not None:
+            slot.ticket = self.queue.admit(self._clock.monotonic())
+            self._metrics.gate_creates.labels(stage="admitted").inc()
+        return slot
+
+    def _channel_created(self) -> None:
+        if self.queue is not None and self.queue.completed_one(self._clock.monotonic()):
+            self._metrics.gate_creates.labels(stage="completed").inc()
+        self._queue_change()
+
+    def _slot_released(self, slot: CreateSlot, reason: str) -> None:
+        # CDP answered: that create is over. A hang-up ("done") is not: CDP goes on.
+        if self.queue is not None and slot.ticket is not None and reason == "answer":
+            self.queue.ended(slot.ticket, self._clock.monotonic())
+        self._queue_change()
+
+    def _show(self, verdict: Verdict) -> None:
+        self._metrics.gate_create_limit.set(verdict.limit)
+        self._metrics.gate_create_predicted_wait.set(verdict.predicted_wait)
+        self._metrics.gate_create_seconds.set(verdict.per_create)
+        old, new = self._shown_limit, verdict.limit
+        if new * 2 <= old or old * 2 <= new:
+            self._shown_limit = new
+            assert self.queue is not None
+            self._log.warning(
+                "create limit %d -> %d: Discord takes %.1fs per channel, CDP gives up on an "
+                "attempt after %gs (%d%% kept in reserve); pending creates %d",
+                old, new, verdict.per_create, self.queue.settings.attempt_timeout,
+                round(self.queue.settings.headroom * 100), self.queue.pending,
+            )  # fmt: skip
+
+    def status(self) -> dict[str, Any]:
+        """`/status` -> gate.limit."""
+        if self.queue is None:
+            return {"enabled": False}
+        active = self.limit_active()
+        verdict = self.verdict() if active else None
+        q = self.queue
+        out: dict[str, Any] = {
+            "enabled": True,
+            "active": active,
+            "pending": q.pending,
+            "admitted": q.admitted,
+            "completed": q.completed,
+            "budget": q.settings.budget,
+        }
+        if verdict is not None:
+            out |= {
+                "limit": verdict.limit,
+                "per_create": round(verdict.per_create, 3),
+                "predicted_wait": round(verdict.predicted_wait, 3),
+            }
+        else:
+            out["inactive_reason"] = "no current gateway session: creates' channels unseen"
+        return out
 
     async def _take_slot(self, timeout: float) -> bool:
         """Acquire a create slot within `timeout` seconds of the injected clock."""

@@ -33,6 +33,7 @@ from monitor.gate.classify import (
     request_kind,
     routed_path,
 )
+from monitor.gate.limit import LimitSettings
 from monitor.gate.proxy import Outcome, Proxy, error_response
 from monitor.gate.slots import ChannelEvents, CreateSlot
 from monitor.health.owner import Health
@@ -75,6 +76,8 @@ class Gate:
         upstream_timeout: float | None = None,
         cdp_create_window: float = 0.0,
         default_channel: bool = False,
+        limit: LimitSettings | None = None,
+        blocked: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         self._health = health
@@ -90,6 +93,8 @@ class Gate:
             clock=clock,
             logger=logger,
             create_window=cdp_create_window,
+            limit=limit,
+            blocked=blocked,
         )
         self._admission.pending.on_missing = self._channel_missing
         self.upstream_timeout = upstream_timeout or config.upstream_timeout
@@ -128,6 +133,7 @@ class Gate:
             "max_concurrent_creates": self.config.max_concurrent_creates,
             # What frees a create slot; without the gateway session, the fallback.
             "slots": self._admission.pending.status(),
+            "limit": self._admission.status(),
             # Creates by what their answers said about Discord; CDP's own errors by kind
             # (never Discord's: no health sample).
             "attribution": dict(self._attributed),
@@ -250,10 +256,9 @@ class Gate:
             return self._refuse(refusal)
         if self._admission.fail_open:
             self._count("create", "fail_open")
-        refusal = await self._admission.acquire()
-        if refusal is not None:
-            return self._refuse(refusal)
-        slot = self._admission.slot()
+        slot = await self._admission.acquire()
+        if isinstance(slot, Refusal):
+            return self._refuse(slot)
         try:
             return await self._forward(request, body, started, kind="create", path=path, slot=slot)
         finally:

@@ -41,6 +41,7 @@ class CreateSlot:
         self._release = release
         self.held = True
         self.timer: asyncio.Future[None] | None = None
+        self.ticket: int | None = None  # its place in the adaptive limit's queue model
 
     def release(self, reason: str = "done") -> None:
         if not self.held:
@@ -64,6 +65,9 @@ class PendingCreations:
         self.events: ChannelEvents | None = None
         # Called when a creation window passed without the channel while events flowed.
         self.on_missing: Callable[[], None] | None = None
+        # Called on every channel of CDP's that appears, and on every release.
+        self.on_channel: Callable[[], None] | None = None
+        self.on_released: Callable[[CreateSlot, str], None] | None = None
 
     def open(self) -> CreateSlot:
         slot = CreateSlot(self._released)
@@ -89,6 +93,8 @@ class PendingCreations:
             return
         if self._held:
             self._held[0].release("channel")  # the oldest pending create owns it
+        if self.on_channel is not None:
+            self.on_channel()
 
     def _released(self, slot: CreateSlot, reason: str) -> None:
         self.releases[reason] += 1
@@ -97,6 +103,8 @@ class PendingCreations:
         except ValueError:
             pass
         self._release()
+        if self.on_released is not None:
+            self.on_released(slot, reason)
 
     async def _expire(self, slot: CreateSlot) -> None:
         await self._clock.sleep(self.window)
