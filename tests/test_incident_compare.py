@@ -176,6 +176,7 @@ def test_the_table_has_a_column_per_run_and_the_limit_rows() -> None:
     report.runs[1].retrying_lines = 4
     report.runs[1].creates_at_cdp = 33
     report.runs[1].breaker_open_for = 3.5
+    report.runs[2].limited = 7
     header, _, *lines = format_summary(report, detail=True).splitlines()
     columns = ("without cdp-monitor", "breaker alone", "breaker + limit")
     assert [header.index(c) for c in columns] == sorted(header.index(c) for c in columns)
@@ -184,5 +185,6 @@ def test_the_table_has_a_column_per_run_and_the_limit_rows() -> None:
     assert rows["`retrying` lines in CDP's log"] == ["0", "4", "0"]
     assert rows["creates that reached CDP"] == ["0", "33", "0"]
     assert rows["breaker open (incl. half-open), s"] == ["-", "3.5", "0.0"]
+    assert rows["creates refused by the limit"] == ["-", "0", "7"]
     assert rows["client success ratio"] == ["83%", "83%", "83%"]
     assert len(lines) == len(rows)

@@ -39,6 +39,7 @@ class RunResult:
     retrying_lines: int = 0  # "Create channel timed out, retrying...N" in CDP's log
     creates_at_cdp: int = 0  # channel-creating requests CDP answered (admitted ones)
     breaker_open_for: float = 0.0  # seconds the breaker was not closed (half-open too)
+    limited: int = 0  # creates the gate's adaptive limit refused (503 create_queue_full)
     cdp_max_concurrent_creates: int = 0
     breaker_opened_at: float | None = None
     inflight_at_open: int | None = None  # creates in flight at the gate when it first opened
@@ -131,6 +132,7 @@ def summary_rows(report: IncidentReport, *, detail: bool = False) -> list[tuple[
             ("channels from abandoned attempts", cells(lambda r: str(r.late_channels))),
             ("`retrying` lines in CDP's log", cells(lambda r: str(r.retrying_lines))),
             ("creates that reached CDP", cells(lambda r: str(r.creates_at_cdp))),
+            ("creates refused by the limit", monitor_only(lambda r: str(r.limited))),
             (
                 "breaker open (incl. half-open), s",
                 monitor_only(lambda r: f"{r.breaker_open_for:.1f}"),

@@ -278,6 +278,7 @@ class Watcher:
             r.reconcile_deleted = sum(r.reconcile_reasons.values())
             r.half_open_periods = self.daemon.transitions_to("half_open")
             r.breaker_open_for = breaker_open_for(r.events, r.duration)
+            r.limited = self.daemon.gate_decisions().get("limited", 0)
         return r
 
     def _leaked_at_end(self, tick: Tick) -> int:
