@@ -118,7 +118,12 @@ async def main(args: argparse.Namespace) -> int:
         workdir = Path(args.keep) if args.keep else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         # The daemon's log would drown the table: keep it in a file.
-        logging.basicConfig(filename=str(workdir / "daemon.log"), level=logging.INFO, force=True)
+        logging.basicConfig(
+            filename=str(workdir / "daemon.log"),
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            force=True,
+        )
         try:
             report = await run_incident(settings, runs=runs, workdir=workdir, on_event=_mark)
         except MonitorError as exc:
