@@ -37,7 +37,7 @@ from monitor.sim.discord import DiscordSimulator
 OUTAGE_KINDS = ("slow", "ramp", "ratelimit", "hung", "tokens")
 DISCORD_KINDS = frozenset({"slow", "ramp", "ratelimit", "hung"})
 RAMP_STEPS = 10  # `ramp`: the latency is set anew this many times over the outage
-RAMP_FROM, RAMP_TO = 0.1, 0.9  # `ramp`: first and last latency, x discordgo's timeout
+RAMP_FROM, RAMP_TO = 0.1, 0.85  # `ramp`: first and last latency, x discordgo's timeout
 RAMP_SHARE = 0.5  # `ramp`: the share of the outage it rises over (then it stays)
 CDP_ATTEMPT_TIMEOUT = 60.0  # CreateChannelWithRetry's, in real CDP
 CDP_HTTP_TIMEOUT = 20.0  # discordgo's http.Client
@@ -152,7 +152,7 @@ class ScenarioSettings:
     def create_latency(self) -> float:
         """How long Discord takes to create a channel during the outage (seconds):
         `slow` 0.8 of discordgo's timeout (16 s real; a queue of 4 passes 60 s),
-        `ramp` at its peak 0.9 of it (18 s real), `hung` 1.6 times it (32 s real: a
+        `ramp` at its peak 0.85 of it (17 s real), `hung` 1.6 times it (32 s real: a
         20 s error, the channel comes later)."""
         factor = {"slow": 0.8, "ramp": RAMP_TO, "ratelimit": 0.1, "hung": 1.6, "tokens": 0.0}
         return factor[self.outage_kind] * self.http_timeout
