@@ -40,8 +40,9 @@ def queue(max_pending: int = 8, window: float = 180.0) -> CreateQueue:
 def test_prediction_is_the_queue_ahead_times_the_creation_time() -> None:
     # 3 pending, the oldest 4 s into a 10 s creation: 6 s + 3 x 10 s.
     assert predict_wait(3, 100.0, 10.0, 104.0, 0.0) == (36.0, 10.0)
-    # A head in service longer than the estimate raises it: Discord is slower now.
-    assert predict_wait(3, 100.0, 10.0, 125.0, 0.0) == (75.0, 25.0)
+    # A head in service longer than the estimate: Discord is slower now, by as much
+    # again as it has already taken: 25 s more for it, 50 s for each behind it.
+    assert predict_wait(3, 100.0, 10.0, 125.0, 0.0) == (175.0, 50.0)
     # Nothing pending: its own creation time, plus a known global 429.
     assert predict_wait(0, None, 10.0, 125.0, 5.0) == (15.0, 10.0)
 

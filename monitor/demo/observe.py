@@ -46,12 +46,15 @@ class DaemonView:
         self._daemon.breaker.listeners.append(listener)
 
     async def start(self) -> str:
-        """Run the daemon; its gate's URL once it is ready."""
+        """Run the daemon; its gate's URL once it is ready and its gateway session is
+        current. A deployed monitor has been watching long before an incident; started
+        beside CDP with the same token it may wait out Discord's 5 s IDENTIFY spacing
+        first (an op 9), which is most of a compressed run."""
         daemon = self._daemon
         task = self._task = asyncio.create_task(daemon.run(self._stop))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_WITHIN
-        while not (daemon.gate_url is not None and daemon.ready()):
+        while not (daemon.gate_url is not None and daemon.ready() and self._watching()):
             if task.done():
                 task.result()  # its error, if it failed
                 raise ScenarioError("the daemon stopped before it was ready")
@@ -59,6 +62,10 @@ class DaemonView:
                 raise ScenarioError(f"the daemon was not ready within {READY_WITHIN:g} s")
             await asyncio.sleep(0.05)
         return daemon.gate_url
+
+    def _watching(self) -> bool:
+        live = self._daemon.watch.live
+        return live is None or live.current
 
     async def stop(self, timeout: float) -> None:
         if self._task is not None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.sim.cdp import CdpEmulator
+from monitor.sim.cdp.settings import REQUEST_OUT_TIME
 from monitor.sim.discord import DiscordSimulator
 
 # How Discord misbehaves (`outage_faults` makes each; `narration.OUTAGE_TEXT` says it).
@@ -265,10 +266,12 @@ def daemon_config_dict(
         "breaker": {"reset_timeout": "2s", "success_threshold": 2, "max_reset_timeout": "4s"},
         "gate": gate,
         "reconcile": _reconcile_section(settings),
-        # CHANNEL_AUTO_DEL_TIME, and CDP's attempt timeout as compressed as the emulator's
+        # CHANNEL_AUTO_DEL_TIME, and CDP's timers as compressed as the emulator's: the
+        # attempt timeout is the adaptive limit's deadline and the slots' window.
         "cdp": {
             "auto_delete": f"{settings.auto_delete}s",
             "create_attempt_timeout": f"{settings.attempt_timeout}s",
+            "request_timeout": f"{REQUEST_OUT_TIME / settings.time_scale}s",
         },
         "control": {"listen": "127.0.0.1:0", "token": secrets.token_hex(16)},
         "state_dir": str(state_dir),

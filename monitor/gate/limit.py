@@ -56,12 +56,16 @@ def predict_wait(
 ) -> tuple[float, float]:
     """(predicted wait of one more create, the per-create time used): `pending` creates
     ahead of it, the oldest in service since `head_started`, each taking `per_create`
-    seconds, the bot blocked `blocked` more seconds. A head in service longer than the
-    estimate says creation is now at least that slow: the estimate is raised to it."""
+    seconds, the bot blocked `blocked` more seconds.
+
+    A head in service longer than the estimate says Discord got slower by an unknown
+    amount; until it finishes, its remaining time is taken as long as it has already
+    taken (the best guess for a duration known only to exceed what has passed), and
+    every create behind it as slow as that."""
     if pending == 0 or head_started is None:
         return blocked + per_create, per_create
     elapsed = max(0.0, now - head_started)
-    per = max(per_create, elapsed)
+    per = per_create if elapsed <= per_create else 2.0 * elapsed
     return blocked + (per - elapsed) + pending * per, per
 
 
