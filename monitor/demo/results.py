@@ -94,18 +94,27 @@ def _seconds(value: float | None) -> str:
     return "never" if value is None else f"{value:.1f}s"
 
 
-def summary_rows(report: IncidentReport, *, detail: bool = False) -> list[tuple[str, list[str]]]:
+Rows = list[tuple[str, list[str]]]
+Cell = Callable[[RunResult], str]
+
+
+def _cells(report: IncidentReport, fn: Cell) -> list[str]:
+    return [fn(r) for r in report.runs]
+
+
+def _monitor_only(report: IncidentReport, fn: Cell) -> list[str]:
+    return _cells(report, lambda r: fn(r) if r.with_monitor else "-")
+
+
+def summary_rows(report: IncidentReport, *, detail: bool = False) -> Rows:
     """(label, one cell per run) rows of the side-by-side summary; `detail` adds the
     numbers behind them (the benchmark prints those too)."""
     s = report.settings
 
-    def cells(fn: Callable[[RunResult], str]) -> list[str]:
-        return [fn(r) for r in report.runs]
+    def cells(fn: Cell) -> list[str]:
+        return _cells(report, fn)
 
-    def monitor_only(fn: Callable[[RunResult], str]) -> list[str]:
-        return cells(lambda r: fn(r) if r.with_monitor else "-")
-
-    rows: list[tuple[str, list[str]]] = []
+    rows: Rows = []
     if s.prefill:
         rows += [
             ("peak channels in the guild", cells(lambda r: f"{r.peak_channels}/{s.channel_limit}")),
@@ -125,38 +134,44 @@ def summary_rows(report: IncidentReport, *, detail: bool = False) -> list[tuple[
             cells(lambda r: f"{r.ok} / {r.refused} / {r.failed + r.unfinished}"),
         ),
         ("429s from Discord", cells(lambda r: str(r.discord_429))),
-        ("  answered to cdp-monitor's requests", monitor_only(lambda r: str(r.monitor_429))),
+        (
+            "  answered to cdp-monitor's requests",
+            _monitor_only(report, lambda r: str(r.monitor_429)),
+        ),
     ]
-    if detail:
-        rows += [
-            ("channels from abandoned attempts", cells(lambda r: str(r.late_channels))),
-            ("`retrying` lines in CDP's log", cells(lambda r: str(r.retrying_lines))),
-            ("creates that reached CDP", cells(lambda r: str(r.creates_at_cdp))),
-            ("creates refused by the limit", monitor_only(lambda r: str(r.limited))),
-            (
-                "breaker open (incl. half-open), s",
-                monitor_only(lambda r: f"{r.breaker_open_for:.1f}"),
-            ),
-            (
-                "breaker opened, s into the outage",
-                monitor_only(
-                    lambda r: (
-                        "never"
-                        if r.breaker_opened_at is None
-                        else f"{r.breaker_opened_at - s.healthy:.1f}"
-                    )
-                ),
-            ),
-            ("  creates let in when it opened", monitor_only(lambda r: str(r.inflight_at_open))),
-            (
-                "peak held channels (bound)",
-                monitor_only(lambda r: f"{r.peak_held_channels} ({r.held_bound})"),
-            ),
-            ("channels deleted by reconcile", monitor_only(lambda r: str(r.reconcile_deleted))),
-            ("conversations that lost a channel", cells(lambda r: str(r.in_use_deleted))),
-            ("run time (s)", cells(lambda r: f"{r.duration:.1f}")),
-        ]
-    return rows
+    return rows + _detail_rows(report) if detail else rows
+
+
+def _detail_rows(report: IncidentReport) -> Rows:
+    """The numbers behind the summary, and the adaptive limit's (issue 19)."""
+    healthy = report.settings.healthy
+
+    def cells(fn: Cell) -> list[str]:
+        return _cells(report, fn)
+
+    def monitor_only(fn: Cell) -> list[str]:
+        return _monitor_only(report, fn)
+
+    def opened(r: RunResult) -> str:
+        at = r.breaker_opened_at
+        return "never" if at is None else f"{at - healthy:.1f}"
+
+    return [
+        ("channels from abandoned attempts", cells(lambda r: str(r.late_channels))),
+        ("`retrying` lines in CDP's log", cells(lambda r: str(r.retrying_lines))),
+        ("creates that reached CDP", cells(lambda r: str(r.creates_at_cdp))),
+        ("creates refused by the limit", monitor_only(lambda r: str(r.limited))),
+        ("breaker open (incl. half-open), s", monitor_only(lambda r: f"{r.breaker_open_for:.1f}")),
+        ("breaker opened, s into the outage", monitor_only(opened)),
+        ("  creates let in when it opened", monitor_only(lambda r: str(r.inflight_at_open))),
+        (
+            "peak held channels (bound)",
+            monitor_only(lambda r: f"{r.peak_held_channels} ({r.held_bound})"),
+        ),
+        ("channels deleted by reconcile", monitor_only(lambda r: str(r.reconcile_deleted))),
+        ("conversations that lost a channel", cells(lambda r: str(r.in_use_deleted))),
+        ("run time (s)", cells(lambda r: f"{r.duration:.1f}")),
+    ]
 
 
 def format_summary(report: IncidentReport, *, detail: bool = False) -> str:
