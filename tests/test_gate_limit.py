@@ -55,7 +55,7 @@ def test_service_time_starts_when_discord_could_start_on_it() -> None:
     assert q.completed_one(30.0) == 20.0  # waited 10 s behind the first, then 20 s
     q.admit(100.0)
     assert q.completed_one(105.0) == 5.0  # an idle queue: from its own admission
-    assert q.per_create == 20.0  # the slowest of the recent ones
+    assert q.per_create(105.0) == 20.0  # the slowest of the recent ones
 
 
 def test_a_hang_up_is_still_pending_an_answer_is_not_and_the_window_ends_both() -> None:
@@ -82,12 +82,24 @@ def test_the_limit_admits_while_the_predicted_wait_fits_and_says_when_to_retry()
     assert q.verdict(35.0).admit  # the head is 15 s in: 5 + 2 x 20 = 45 s
 
 
-def test_nothing_pending_is_always_admitted() -> None:
+def test_a_discord_too_slow_for_one_create_gets_a_trial_once_that_is_old() -> None:
+    q = queue(window=180.0)
+    q.admit(0.0)
+    q.completed_one(50.0)  # 50 s a channel: one alone would pass the 45 s budget
+    v = q.verdict(60.0)
+    assert not v.admit and v.limit == 0
+    assert v.retry_after == 170.0  # when the measurement is forgotten
+    assert q.verdict(230.0).admit  # a trial: its answer is a fresh measurement
+
+
+def test_a_global_429_counts_as_a_known_wait() -> None:
     q = queue()
     q.admit(0.0)
-    q.completed_one(100.0)  # slower than the whole budget: the breaker's business
-    v = q.verdict(100.0)
-    assert v.admit and v.limit == 1 and v.predicted_wait == 100.0
+    q.completed_one(1.0)
+    assert q.verdict(2.0, blocked=30.0).admit
+    v = q.verdict(2.0, blocked=50.0)
+    # 50 s of block and 1 s of creation against a 45 s budget: none fits for 6 s.
+    assert not v.admit and v.retry_after == 6.0 and v.limit == 0
 
 
 @dataclass
@@ -114,7 +126,7 @@ def play(q: CreateQueue, discord: Discord, arrivals: list[float]) -> list[tuple[
             q.completed_one(done.pop(0))
         verdict = q.verdict(t)
         if verdict.admit:
-            assert q.pending == 0 or verdict.predicted_wait <= q.settings.budget + 1e-9
+            assert verdict.predicted_wait <= q.settings.budget + 1e-9
             q.admit(t)
             finished = discord.serve(t)
             done.append(finished)

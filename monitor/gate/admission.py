@@ -25,6 +25,7 @@ from monitor.vocab import GATEWAY_TRIGGER_WORDS, OPEN_STATES
 
 MAX_RETRY_AFTER = 120
 _FAIL_OPEN_LOG_EVERY = 30.0  # seconds between repeats of the fail-open error line
+_LIMIT_LOG_EVERY = 30.0  # at most one "create limit" line per this many seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,7 @@ class CreateAdmission:
         self._blocked = blocked or (lambda: 0.0)
         self._queue_changed = asyncio.Event()
         self._shown_limit = config.max_concurrent_creates
+        self._limit_logged_at: float | None = None
         self.pending.on_channel = self._channel_created
         self.pending.on_released = self._slot_released
         self._last_fail_open_log: float | None = None
@@ -267,8 +269,10 @@ class CreateAdmission:
         self._metrics.gate_create_predicted_wait.set(verdict.predicted_wait)
         self._metrics.gate_create_seconds.set(verdict.per_create)
         old, new = self._shown_limit, verdict.limit
-        if new * 2 <= old or old * 2 <= new:
-            self._shown_limit = new
+        now = self._clock.monotonic()
+        quiet = self._limit_logged_at is None or now - self._limit_logged_at >= _LIMIT_LOG_EVERY
+        if quiet and (new * 2 <= old or old * 2 <= new):
+            self._shown_limit, self._limit_logged_at = new, now
             assert self.queue is not None
             self._log.warning(
                 "create limit %d -> %d: Discord takes %.1fs per channel, CDP gives up on an "
