@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -249,7 +250,10 @@ async def slow_discord(clock: ManualClock, adm: CreateAdmission, events: Events)
     events.created()
 
 
-async def test_a_create_past_the_limit_waits_for_a_channel_then_goes() -> None:
+async def test_a_create_past_the_limit_waits_for_a_channel_then_goes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="test.gate.limit")
     clock = ManualClock()
     _, adm, events, metrics = admission(clock)
     await slow_discord(clock, adm, events)
@@ -265,6 +269,12 @@ async def test_a_create_past_the_limit_waits_for_a_channel_then_goes() -> None:
     assert metric_value(metrics.gate_create_limit) == 2
     assert metric_value(metrics.gate_creates, stage="admitted") == 4
     assert metric_value(metrics.gate_creates, stage="completed") == 2
+    # Once, when it fell from 8: why, in the operator's terms.
+    lines = [r.getMessage() for r in caplog.records if "create limit" in r.getMessage()]
+    assert lines == [
+        "create limit 8 -> 2: Discord takes 20.0s per channel, CDP gives up on an attempt "
+        "after 60s (25% kept in reserve); pending creates 0"
+    ]
 
 
 async def test_past_the_queue_wait_it_is_refused_with_the_predicted_drain() -> None:
