@@ -8,7 +8,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -24,6 +23,7 @@ from monitor.health.owner import Health
 from monitor.health.window import Sample
 from monitor.metrics import Metrics
 from monitor.wiring import create_limit
+from tests.helpers.gate import FakeLive
 from tests.helpers.metrics import metric_value
 
 TIMEOUT = 60.0  # CDP's attempt timeout
@@ -187,31 +187,9 @@ def test_a_healthy_discord_is_never_limited(latency: float) -> None:
 # -- the gate's admission -------------------------------------------------------------
 
 
-@dataclass
-class ChannelCreated:
-    name: str
-    kind: str = "created"
-
-
-class Events:
-    """The gateway session's channel events (monitor/gate/slots.py ChannelEvents)."""
-
-    def __init__(self) -> None:
-        self.current = True
-        self._callbacks: list[Callable[[Any], None]] = []
-
-    def subscribe(self, callback: Callable[[Any], None]) -> Callable[[], None]:
-        self._callbacks.append(callback)
-        return lambda: self._callbacks.remove(callback)
-
-    def created(self) -> None:
-        for callback in list(self._callbacks):
-            callback(ChannelCreated("cdp-chat-1"))
-
-
 def admission(
     clock: ManualClock, gate: str = "", cdp: str = "create_attempt_timeout: 60s"
-) -> tuple[Health, CreateAdmission, Events, Metrics]:
+) -> tuple[Health, CreateAdmission, FakeLive, Metrics]:
     config = parse_config(
         f"discord: {{token: t0ken, guild_id: 1}}\ngate: {{{gate}}}\ncdp: {{{cdp}}}\n"
     )
@@ -227,7 +205,7 @@ def admission(
         create_window=config.cdp.creation_window,
         limit=create_limit(config),
     )
-    events = Events()
+    events = FakeLive()
     adm.pending.attach(events)
     return health, adm, events, metrics
 
@@ -243,11 +221,23 @@ async def slot_of(adm: CreateAdmission) -> CreateSlot:
     return got
 
 
-async def slow_discord(clock: ManualClock, adm: CreateAdmission, events: Events) -> None:
+async def slow_discord(clock: ManualClock, adm: CreateAdmission, events: FakeLive) -> None:
     """One create measured at 20 s a channel: two fit in CDP's 45 s budget."""
     await slot_of(adm)
     clock.advance(20)
     events.created()
+
+
+async def two_pending_and_a_third(
+    clock: ManualClock, adm: CreateAdmission, events: FakeLive
+) -> asyncio.Future[CreateSlot | Refusal]:
+    """Discord measured at 20 s a channel, two creates pending, a third asking."""
+    await slow_discord(clock, adm, events)
+    await slot_of(adm)
+    await slot_of(adm)
+    third = asyncio.ensure_future(adm.acquire())
+    await settle()
+    return third
 
 
 async def test_a_create_past_the_limit_waits_for_a_channel_then_goes(
@@ -280,11 +270,7 @@ async def test_a_create_past_the_limit_waits_for_a_channel_then_goes(
 async def test_past_the_queue_wait_it_is_refused_with_the_predicted_drain() -> None:
     clock = ManualClock()
     _, adm, events, _ = admission(clock, gate="queue_wait: 5s")
-    await slow_discord(clock, adm, events)
-    await slot_of(adm)
-    await slot_of(adm)
-    third = asyncio.ensure_future(adm.acquire())
-    await settle()
+    third = await two_pending_and_a_third(clock, adm, events)
     clock.advance(5)
     refusal = await third
     assert isinstance(refusal, Refusal)
@@ -298,11 +284,7 @@ async def test_past_the_queue_wait_it_is_refused_with_the_predicted_drain() -> N
 async def test_a_breaker_that_opened_meanwhile_refuses_the_waiting_create() -> None:
     clock = ManualClock()
     health, adm, events, _ = admission(clock)
-    await slow_discord(clock, adm, events)
-    await slot_of(adm)
-    await slot_of(adm)
-    third = asyncio.ensure_future(adm.acquire())
-    await settle()
+    third = await two_pending_and_a_third(clock, adm, events)
     health.breaker.record(True, clock.time(), reason="outage")  # opens while it waits
     clock.advance(20)
     events.created()
@@ -335,10 +317,6 @@ async def test_a_hang_up_does_not_free_its_place_in_cdps_queue() -> None:
 async def test_with_the_limit_off_nothing_waits_for_it() -> None:
     clock = ManualClock()
     _, adm, events, _ = admission(clock, gate="adaptive_limit: false")
-    await slow_discord(clock, adm, events)
-    await slot_of(adm)
-    await slot_of(adm)
-    third = asyncio.ensure_future(adm.acquire())
-    await settle()
+    third = await two_pending_and_a_third(clock, adm, events)
     assert third.done() and isinstance(third.result(), CreateSlot)
     assert adm.status() == {"enabled": False}

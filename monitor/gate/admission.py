@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.clock import Clock
+from monitor.clock import Clock, wait_event
 from monitor.config import GateConfig
 from monitor.gate.limit import CreateQueue, LimitSettings, Verdict, retry_after_seconds
 from monitor.gate.slots import CreateSlot, PendingCreations
@@ -230,17 +230,10 @@ class CreateAdmission:
                 )
                 return Refusal("limited", message, retry_after_seconds(verdict, MAX_RETRY_AFTER))
             # Wake on a finished create, or when time alone may have made room.
-            await self._wait_queue_change(min(left, max(0.01, verdict.retry_after)))
+            await wait_event(
+                self._queue_changed, min(left, max(0.01, verdict.retry_after)), self._clock
+            )
         return None
-
-    async def _wait_queue_change(self, timeout: float) -> None:
-        changed = asyncio.ensure_future(self._queue_changed.wait())
-        timer = asyncio.ensure_future(self._clock.sleep(timeout))
-        try:
-            await asyncio.wait({changed, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            changed.cancel()
-            timer.cancel()
 
     def _queue_change(self) -> None:
         self._queue_changed.set()
