@@ -76,7 +76,8 @@ class RateCap:
 
 class CreateAdmission:
     """Admission of channel-creating requests. :meth:`admit` then, when admitted,
-    :meth:`acquire`; a successful acquire must be paired with :meth:`release`."""
+    :meth:`acquire`; the slot it returns must be released when CDP's creation is over
+    (monitor/gate/slots.py says what frees it)."""
 
     def __init__(
         self,
