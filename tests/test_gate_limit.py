@@ -320,3 +320,21 @@ async def test_with_the_limit_off_nothing_waits_for_it() -> None:
     third = await two_pending_and_a_third(clock, adm, events)
     assert third.done() and isinstance(third.result(), CreateSlot)
     assert adm.status() == {"enabled": False}
+
+
+async def test_a_late_channel_of_an_answered_create_is_not_credited_to_the_next() -> None:
+    # CDP answered the first create (a 500 after discordgo's 20 s client timeout, say);
+    # Discord makes its channel afterwards: the second create is still waiting.
+    clock = ManualClock()
+    _, adm, events, metrics = admission(clock)
+    first = await slot_of(adm)
+    await slot_of(adm)
+    adm.pending.answered("20261201120000123456789abcdefgh")
+    first.release("answer")
+    clock.advance(25)
+    events.created("cdp-chat-20261201120000123456789abcdefgh")
+    assert adm.queue is not None and adm.queue.pending == 1
+    assert metric_value(metrics.gate_creates, stage="completed") == 0
+    assert adm.pending.status()["late_channels_ignored"] == 1
+    events.created("cdp-chat-20261201120000999999999zyxwvuts")  # the second's own channel
+    assert adm.queue.pending == 0 and adm.queue.per_create(clock.monotonic()) == 25.0
