@@ -1,10 +1,11 @@
 """Incident benchmark: the same outage without and with cdp-monitor, side by side.
 
 Runs the scenario of `monitor.demo` (the run loop the demo narrates) twice in one
-process, with the same seed: clients (the openai SDK, retrying as deployed clients do)
-send chat requests through CDP (the emulator, CDP v4.6.5's real leak mechanism: creates
-queued on discordgo's bucket lock, 429s slept out, a 20 s client timeout, timed-out
-attempts that still create their channels later); Discord (the simulator) becomes
+process (or once per `--runs` entry), with the same seed: clients (the openai SDK,
+retrying as deployed clients do) send chat requests through CDP (the emulator, CDP
+v4.6.5's real leak mechanism: creates queued on discordgo's bucket lock, 429s slept
+out, a 20 s client timeout, timed-out attempts that still create their channels
+later); Discord (the simulator) becomes
 unstable for a while (or, `--kind tokens`, CDP runs out of user tokens while Discord is
 fine), then recovers. The first run has nothing in front of CDP; the second has
 cdp-monitor's gate, breaker and reconciler. Time is compressed the same way in both
@@ -12,10 +13,16 @@ cdp-monitor's gate, breaker and reconciler. Time is compressed the same way in b
 client timeout 0.5 s; probes every 250 ms), so one invocation takes about a minute.
 
     .venv/bin/python bench/incident.py [--rate 3] [--outage 10]
-        [--kind slow|ratelimit|hung|tokens] [--attempt-timeout 1.5] [--seed 7]
-        [--scenario incident|prefill]
+        [--kind slow|ramp|ratelimit|hung|tokens] [--attempt-timeout 1.5] [--seed 7]
+        [--scenario incident|prefill] [--compare-limit | --runs without,with]
+        [--keep DIR]
 
 `--scenario prefill` starts with the guild 95% full of old leaked channels (475 of 500).
+`--compare-limit` (`--runs without,breaker,limit`) runs CDP alone, cdp-monitor with its
+breaker alone (`gate.adaptive_limit: false`) and with the breaker and the adaptive create
+limit (`gate.adaptive_limit: true`); `--kind ramp` is the slow Discord that never fails,
+`--kind ratelimit` the 429 storm. `--keep DIR` keeps each run's CDP log and state, and
+the daemon's log (daemon.log, one `=== run` line before each run), in DIR.
 The numbers are read from the simulator and the emulator (channels in the guild,
 Discord's 429s, CDP's log), not from the daemon's view of them.
 """
@@ -34,7 +41,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from monitor.demo import (
+    COMPARE_RUNS,
+    DEFAULT_RUNS,
     OUTAGE_TEXT,
+    RUN_KINDS,
     SCENARIOS,
     IncidentReport,
     ScenarioSettings,
@@ -42,7 +52,9 @@ from monitor.demo import (
     format_summary,
     prefill_settings,
     run_incident,
+    run_kinds,
 )
+from monitor.demo.events import Event, RunStarted
 from monitor.errors import MonitorError
 
 
@@ -83,40 +95,74 @@ def settings_from(args: argparse.Namespace) -> ScenarioSettings:
     )
 
 
+def runs_from(args: argparse.Namespace) -> tuple[str, ...]:
+    """The runs asked for, in order (checked: ValueError)."""
+    if args.compare_limit and args.runs is not None:
+        raise ValueError("--compare-limit is --runs without,breaker,limit: give one of them")
+    names = COMPARE_RUNS if args.compare_limit else (args.runs or ",".join(DEFAULT_RUNS))
+    return tuple(k.name for k in run_kinds(names))
+
+
 async def main(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
+        runs = runs_from(args)
     except ValueError as exc:
         print(f"incident: {exc}", file=sys.stderr)
         return 2
     print(f"incident benchmark: {describe(settings)}")
+    print(f"runs: {', '.join(RUN_KINDS[r].header for r in runs)}")
     print(f"machine: {machine()}")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cdp-monitor-bench-") as tmp:
+        workdir = Path(args.keep) if args.keep else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         # The daemon's log would drown the table: keep it in a file.
-        logging.basicConfig(filename=str(Path(tmp) / "daemon.log"), level=logging.INFO, force=True)
+        logging.basicConfig(
+            filename=str(workdir / "daemon.log"),
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            force=True,
+        )
         try:
-            report = await run_incident(settings, workdir=Path(tmp))
+            report = await run_incident(settings, runs=runs, workdir=workdir, on_event=_mark)
         except MonitorError as exc:
             print(f"incident: {exc}", file=sys.stderr)
             return 1
-    print(f"both runs took {time.monotonic() - started:.0f} s\n")
+    print(f"{len(report.runs)} runs took {time.monotonic() - started:.0f} s\n")
     print(format_summary(report, detail=True))
-    print(breaker_timing(report))
+    for line in breaker_timing(report):
+        print(line)
+    if args.keep:
+        print(f"logs and state: {args.keep}/<run>/ and {args.keep}/daemon.log")
     return 0
 
 
-def breaker_timing(report: IncidentReport) -> str:
+def _mark(event: Event) -> None:
+    """A line in the daemon's log where each run starts, to tell the runs apart."""
+    if isinstance(event, RunStarted):
+        logging.getLogger("bench.incident").info("=== run %d: %s", event.number, event.run)
+
+
+def breaker_timing(report: IncidentReport) -> list[str]:
     """When the breaker first opened, against the outage's wall-clock window (a timing
-    figure: the tests only check it opened between the outage and recovery events)."""
-    m, s = report.with_monitor, report.settings
-    if m is None or m.breaker_opened_at is None:
-        return "breaker: never opened"
-    inside = s.healthy < m.breaker_opened_at < s.recovery_at
-    return (
-        f"breaker: first opened {m.breaker_opened_at - s.healthy:.1f} s into the "
-        f"{s.outage:g} s outage ({'inside' if inside else 'OUTSIDE'} the outage window)"
-    )
+    figure: the tests only check it opened between the outage and recovery events),
+    one line per run with cdp-monitor."""
+    s = report.settings
+    lines = []
+    for m in report.runs:
+        if not m.with_monitor:
+            continue
+        name = RUN_KINDS[m.run].header
+        if m.breaker_opened_at is None:
+            lines.append(f"breaker ({name}): never opened")
+            continue
+        inside = s.healthy < m.breaker_opened_at < s.recovery_at
+        lines.append(
+            f"breaker ({name}): first opened {m.breaker_opened_at - s.healthy:.1f} s into "
+            f"the {s.outage:g} s outage ({'inside' if inside else 'OUTSIDE'} the outage window)"
+        )
+    return lines
 
 
 def parse_args() -> argparse.Namespace:
@@ -157,6 +203,19 @@ def parse_args() -> argparse.Namespace:
         help=f"gate.when_open: refuse creates at once, or hold them up to {d.hold_max:g} s",
     )
     p.add_argument("--channel-limit", type=int, default=d.channel_limit)
+    p.add_argument(
+        "--runs",
+        default=None,
+        help=f"comma-separated runs, in order, among {', '.join(RUN_KINDS)}\n"
+        f"(default {','.join(DEFAULT_RUNS)}; with: cdp-monitor's default gate)",
+    )
+    p.add_argument(
+        "--compare-limit",
+        action="store_true",
+        help=f"--runs {','.join(COMPARE_RUNS)}: CDP alone, the breaker alone\n"
+        "(gate.adaptive_limit: false), the breaker and the adaptive create limit",
+    )
+    p.add_argument("--keep", default=None, help="keep the runs' logs and state in this directory")
     p.add_argument(
         "--prefill",
         type=int,

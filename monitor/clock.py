@@ -19,6 +19,18 @@ class Clock(Protocol):
     async def sleep(self, seconds: float) -> None: ...
 
 
+async def wait_event(event: asyncio.Event, timeout: float, clock: Clock) -> None:
+    """Return when `event` is set or after `timeout` seconds of `clock`, whichever is
+    first."""
+    changed = asyncio.ensure_future(event.wait())
+    timer = asyncio.ensure_future(clock.sleep(timeout))
+    try:
+        await asyncio.wait({changed, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        changed.cancel()
+        timer.cancel()
+
+
 class SystemClock:
     def time(self) -> float:
         return time.time()

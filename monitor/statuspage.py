@@ -143,6 +143,7 @@ def _cdp(status: dict[str, Any]) -> str:
     gate = status.get("gate") or {}
     rows = [_row(f"gate {k}", _e(v)) for k, v in sorted((gate.get("decisions") or {}).items())]
     rows.append(_row("gate fail-open", "YES" if gate.get("fail_open") else "no"))
+    rows.append(_row("create limit", _e(_limit_text(gate.get("limit") or {}))))
     for key in ("cdp_errors", "cdp"):
         part = status.get(key)
         if isinstance(part, dict):
@@ -150,6 +151,19 @@ def _cdp(status: dict[str, Any]) -> str:
                 _row(str(k), _e(v)) for k, v in sorted(part.items()) if not isinstance(v, dict)
             ]
     return _card("CDP and the gate", rows)
+
+
+def _limit_text(limit: dict[str, Any]) -> str:
+    """The adaptive create limit in one line (monitor/gate/limit.py)."""
+    if not limit.get("enabled"):
+        return "off"
+    if not limit.get("active"):
+        return "standing aside (no current gateway session)"
+    return (
+        f"{limit.get('pending')} pending of {limit.get('limit')}; "
+        f"{limit.get('per_create')}s a channel, next waits {limit.get('predicted_wait')}s "
+        f"(budget {limit.get('budget')}s)"
+    )
 
 
 def _recent(status: dict[str, Any]) -> str:

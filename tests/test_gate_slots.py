@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from aiohttp import web
 from monitor.daemon import Daemon
 from monitor.sim.discord import DiscordSimulator
 from tests.helpers.daemon import fast_config, running_daemon
+from tests.helpers.gate import FakeLive
 from tests.helpers.metrics import metric_value
 from tests.helpers.wait import wait_for
 
@@ -143,28 +143,6 @@ async def test_a_slot_is_freed_when_cdps_creation_window_has_passed(
                     conv.cancel()
                 await asyncio.gather(*convs, return_exceptions=True)
             assert daemon.status()["gate"]["slots"]["released"].get("window", 0) >= 2
-
-
-@dataclass
-class ChannelCreated:
-    name: str
-    kind: str = "created"
-
-
-class FakeLive:
-    """Stands in for the gateway session's live guild: CHANNEL_CREATE events on demand."""
-
-    def __init__(self) -> None:
-        self.current = True
-        self._subscribers: list[Callable[[Any], None]] = []
-
-    def subscribe(self, callback: Callable[[Any], None]) -> Callable[[], None]:
-        self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback)
-
-    def created(self, name: str) -> None:
-        for callback in list(self._subscribers):
-            callback(ChannelCreated(name))
 
 
 class ChattyCdp(SlowCdp):

@@ -48,7 +48,19 @@ STATUS: dict[str, Any] = {
         "live": {"creates_24h": 950, "create_limit_daily": 1000, "seconds_to_create_cap": 5400},
     },
     "gateway_session": {"state": "up"},
-    "gate": {"upstream": "http://user:pw@10.0.0.1:7078", "decisions": {"hold": 4}},
+    "gate": {
+        "upstream": "http://user:pw@10.0.0.1:7078",
+        "decisions": {"hold": 4},
+        "limit": {
+            "enabled": True,
+            "active": True,
+            "pending": 2,
+            "limit": 3,
+            "per_create": 14.5,
+            "predicted_wait": 43.5,
+            "budget": 45.0,
+        },
+    },
     "discord": {"token_invalid": False, "banned_for": 0.0},
     "events": [{"kind": "paused", "at": 1_700_000_000.0, "reason": "maint"}],
 }
@@ -69,6 +81,7 @@ def test_page_renders_the_status_numbers_escaped_and_nothing_secret() -> None:
     assert "user:pw" not in page and "10.0.0.1" not in page  # the upstream is not shown
     assert page.count("<polyline") == 2
     assert '<td id="discord-reachable">-</td>' in page  # no probe results yet
+    assert "2 pending of 3; 14.5s a channel, next waits 43.5s (budget 45.0s)" in page
     assert not re.search(r"""(src|href)=["']https?://""", page)  # no external assets
 
 

@@ -10,25 +10,34 @@ reads the daemon), `watch` (samples a run and records its events and result), `r
 
     report = await run_incident(ScenarioSettings(seed=7))   # without, then with
     print(format_summary(report))
+    report = await run_incident(settings, runs=COMPARE_RUNS)  # + breaker alone, + limit
 """
 
 from monitor.demo.events import Event, Tick
-from monitor.demo.narration import OUTAGE_TEXT, describe, format_summary, meaning
+from monitor.demo.narration import OUTAGE_TEXT, describe, meaning
 from monitor.demo.replay import run_demo
-from monitor.demo.results import IncidentReport, RunResult, summary_rows
+from monitor.demo.results import IncidentReport, RunResult, format_summary, summary_rows
 from monitor.demo.run import run_incident, run_once
 from monitor.demo.settings import (
+    COMPARE_RUNS,
+    DEFAULT_RUNS,
     OUTAGE_KINDS,
+    RUN_KINDS,
     SCENARIOS,
     ScenarioSettings,
     daemon_config_dict,
     outage_faults,
+    outage_steps,
     prefill_settings,
+    run_kinds,
 )
 
 __all__ = [
+    "COMPARE_RUNS",
+    "DEFAULT_RUNS",
     "OUTAGE_KINDS",
     "OUTAGE_TEXT",
+    "RUN_KINDS",
     "SCENARIOS",
     "Event",
     "IncidentReport",
@@ -40,9 +49,11 @@ __all__ = [
     "format_summary",
     "meaning",
     "outage_faults",
+    "outage_steps",
     "prefill_settings",
     "run_demo",
     "run_incident",
+    "run_kinds",
     "run_once",
     "summary_rows",
 ]

@@ -1,7 +1,7 @@
 """Every English sentence of the demo and the benchmark: what the scenario does
-(`describe`), each event of a run (`event_text`), the side-by-side table
-(`format_summary`), what the numbers mean (`meaning`), and the `Narrator` that prints a
-run live from its events and ticks."""
+(`describe`), each event of a run (`event_text`), what the numbers mean (`meaning`),
+and the `Narrator` that prints a run live from its events and ticks (the side-by-side
+table, labels included, is `results.summary_rows` and `results.format_summary`)."""
 
 from __future__ import annotations
 
@@ -26,13 +26,15 @@ from monitor.demo.events import (
     Tick,
     UnderWatermark,
 )
-from monitor.demo.results import IncidentReport, RunResult, summary_rows
+from monitor.demo.results import IncidentReport, RunResult, format_summary
 from monitor.demo.settings import ScenarioSettings
 from monitor.vocab import CHANNEL_PREFIX
 
 OUTAGE_TEXT: dict[str, str] = {
     "slow": "each channel creation takes 0.8 of discordgo's 20 s client timeout, "
     "GET /gateway/bot is slow and the gateway sends HELLO late",
+    "ramp": "channel creation slows down over half the outage, from 2 s to just under "
+    "discordgo's 20 s client timeout, and stays there (no error, no 429)",
     "ratelimit": "a 429 storm on channel creation (discordgo sleeps out every one)",
     "hung": "each channel creation takes longer than discordgo's 20 s client timeout, "
     "and the gateway refuses connections",
@@ -42,6 +44,9 @@ _OUTAGE_EFFECT: dict[str, str] = {
     "slow": "CDP's creates queue on discordgo's bucket lock: the k-th waits about k x "
     "{latency:g}s, past CDP's {timeout:g}s attempt timeout, and CDP tries again "
     "({attempts} attempts)",
+    "ramp": "CDP's creates queue on discordgo's bucket lock: as the latency rises "
+    "towards {latency:g}s, the k-th waits about k x latency, past CDP's {timeout:g}s "
+    "attempt timeout, and CDP tries again ({attempts} attempts)",
     "ratelimit": "discordgo sleeps out each 429 and retries, so CDP's attempts pass its "
     "{timeout:g}s timeout and it tries again ({attempts} attempts)",
     "hung": "discordgo gives up after {http:g}s: CDP fails the request at once, without "
@@ -188,25 +193,6 @@ def event_text(event: Event) -> str:
 
 
 # -- the scenario and its summary -----------------------------------------------------------
-
-
-def format_summary(report: IncidentReport, *, detail: bool = False) -> str:
-    """The side-by-side table of the runs in `report`."""
-    headers = [
-        "without cdp-monitor" if r.run == "without" else "with cdp-monitor" for r in report.runs
-    ]
-    rows = summary_rows(report, detail=detail)
-    label_w = max(len(label) for label, _ in rows)
-    col_w = [max(len(h), *(len(cells[i]) for _, cells in rows)) for i, h in enumerate(headers)]
-    lines = [
-        "".ljust(label_w) + "".join(f"  {h:>{w}}" for h, w in zip(headers, col_w, strict=True))
-    ]
-    lines.append("-" * len(lines[0]))
-    for label, cells in rows:
-        lines.append(
-            label.ljust(label_w) + "".join(f"  {c:>{w}}" for c, w in zip(cells, col_w, strict=True))
-        )
-    return "\n".join(lines)
 
 
 def describe(settings: ScenarioSettings) -> str:

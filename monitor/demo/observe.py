@@ -89,6 +89,11 @@ class DaemonView:
         st = gate.status()
         return int(st["inflight"].get("create", 0)) + int(st["waiting"])
 
+    def gate_decisions(self) -> dict[str, int]:
+        """The gate's create decisions so far (`limited`: refused by the adaptive limit)."""
+        gate = self._daemon.gate
+        return {} if gate is None else {k: int(v) for k, v in gate.status()["decisions"].items()}
+
     def gate_refused_unstable(self) -> bool:
         gate = self._daemon.gate
         return gate is not None and bool(gate.status()["decisions"].get("refused_unstable"))

@@ -4,15 +4,16 @@ One run starts, on free loopback ports, the Discord simulator, the CDP emulator 
 v4.6.5's real leak mechanism: creates serialised on discordgo's bucket lock, 429s slept
 out, a 20 s client timeout, abandoned attempts that still create their channel), a load
 of `openai` clients sending chat requests at a steady rate (retrying failed requests the
-way the SDK does, `Retry-After` included) and, for the run "with", the daemon with its
-real components. A scripted timeline puts Discord (or CDP itself) into an outage and
-takes it out again; a watcher samples the guild and reports what happened as structured
-events. Time is compressed (every CDP timer divided by 40: an attempt timeout of 1.5 s
-instead of 60 s; probes every 250 ms, a breaker that opens for 2 s), so both runs take
-about a minute.
+way the SDK does, `Retry-After` included) and, for a run with cdp-monitor ("with",
+"breaker", "limit"), the daemon with its real components. A scripted timeline puts
+Discord (or CDP itself) into an outage (a `ramp` worsens step by step) and takes it out
+again; a watcher samples the guild and reports what happened as structured events.
+Time is compressed (every CDP timer divided by 40: an attempt timeout of 1.5 s instead
+of 60 s; probes every 250 ms, a breaker that opens for 2 s), so a run takes about half
+a minute.
 
     report = await run_incident(ScenarioSettings(seed=7))   # without, then with
-    print(format_summary(report))                            # monitor.demo.narration
+    print(format_summary(report))                            # monitor.demo.results
 """
 
 from __future__ import annotations
@@ -40,10 +41,14 @@ from monitor.demo.load import LoadGenerator, import_openai
 from monitor.demo.observe import DaemonView
 from monitor.demo.results import IncidentReport, RunResult
 from monitor.demo.settings import (
+    DEFAULT_RUNS,
+    RUN_KINDS,
+    RunKind,
     ScenarioSettings,
     cdp_faults,
     daemon_config_dict,
-    outage_faults,
+    outage_steps,
+    run_kinds,
 )
 from monitor.demo.watch import Watcher
 from monitor.errors import ScenarioError
@@ -64,7 +69,7 @@ class _Run:
         self,
         settings: ScenarioSettings,
         *,
-        with_monitor: bool,
+        kind: RunKind,
         workdir: Path,
         on_event: EventSink | None,
         on_tick: TickSink | None,
@@ -72,13 +77,14 @@ class _Run:
         logger: logging.Logger,
     ) -> None:
         self.s = settings
-        self.with_monitor = with_monitor
+        self.kind = kind
+        self.with_monitor = kind.monitor
         self.workdir = workdir
         self._on_event = on_event
         self._on_tick = on_tick
         self._stop = stop
         self._log = logger
-        self.result = RunResult(run="with" if with_monitor else "without", settings=settings)
+        self.result = RunResult(run=kind.name, settings=settings)
         self.sim: DiscordSimulator | None = None
         self.cdp: CdpEmulator | None = None
         self.daemon: DaemonView | None = None
@@ -157,6 +163,7 @@ class _Run:
             self.cdp,
             state_dir=self.workdir / "state",
             cdp_log=self.workdir / "cdp.log",
+            adaptive_limit=self.kind.adaptive_limit,
         )
         daemon = self.daemon = watch.daemon = DaemonView(config, logger=self._log)
         daemon.on_transition(watch.on_transition)
@@ -210,9 +217,10 @@ class _Run:
         load_stop = asyncio.Event()
         load_task = asyncio.create_task(self.load.run(load_stop))
         try:
+            steps = outage_steps(s)
             if not await self.sleep_until(s.healthy):
                 return False
-            async with http.put(faults_url, json=outage_faults(s)) as resp:
+            async with http.put(faults_url, json=steps[0][1]) as resp:
                 resp.raise_for_status()
             await self._cdp_faults(http, cdp_faults(s))
             watch.phase = "outage"
@@ -225,6 +233,11 @@ class _Run:
                     attempts=s.attempts,
                 )
             )
+            for offset, body in steps[1:]:  # a ramp: the same fault, worse each step
+                if not await self.sleep_until(s.healthy + offset):
+                    return False
+                async with http.put(faults_url, json=body) as resp:
+                    resp.raise_for_status()
             if not await self.sleep_until(s.recovery_at):
                 return False
             async with http.delete(faults_url) as resp:
@@ -291,59 +304,65 @@ class _Run:
 async def run_once(
     settings: ScenarioSettings,
     *,
-    with_monitor: bool,
+    with_monitor: bool = False,
+    run: str | None = None,
     workdir: Path | None = None,
     on_event: EventSink | None = None,
     on_tick: TickSink | None = None,
     stop: asyncio.Event | None = None,
     logger: logging.Logger | None = None,
 ) -> RunResult:
-    """One run of the scenario, with or without cdp-monitor in front of CDP.
+    """One run of the scenario, with or without cdp-monitor in front of CDP; `run`
+    names a `RUN_KINDS` entry instead (e.g. "breaker": the gate without its limit).
 
     `stop` ends it early (the result says `interrupted`); `logger` receives the
     daemon's log (default: the `monitor.demo.daemon` logger).
     """
+    kind = RUN_KINDS[run or ("with" if with_monitor else "without")]
     import_openai()  # fail before starting anything
     stop = stop or asyncio.Event()
     logger = logger or logging.getLogger("monitor.demo.daemon")
     with _workdir(workdir) as base:
-        run_dir = base / ("with" if with_monitor else "without")
+        run_dir = base / kind.name
         run_dir.mkdir(parents=True, exist_ok=True)
-        run = _Run(
+        one = _Run(
             settings,
-            with_monitor=with_monitor,
+            kind=kind,
             workdir=run_dir,
             on_event=on_event,
             on_tick=on_tick,
             stop=stop,
             logger=logger,
         )
-        return await run.execute()
+        return await one.execute()
 
 
 async def run_incident(
     settings: ScenarioSettings,
     *,
+    runs: str | tuple[str, ...] = DEFAULT_RUNS,
     workdir: Path | None = None,
     on_event: EventSink | None = None,
     on_tick: TickSink | None = None,
     stop: asyncio.Event | None = None,
     logger: logging.Logger | None = None,
 ) -> IncidentReport:
-    """Both runs, same settings and seed: without cdp-monitor, then with it. `on_event`
-    also hears `RunStarted` and `RunFinished` around each run."""
+    """The runs named by `runs` (`RUN_KINDS`), one after the other with the same
+    settings and seed: by default without cdp-monitor, then with it. `on_event` also
+    hears `RunStarted` and `RunFinished` around each run."""
     stop = stop or asyncio.Event()
     report = IncidentReport(settings)
+    kinds = run_kinds(runs)
     with _workdir(workdir) as base:
-        for number, with_monitor in enumerate((False, True), start=1):
+        for number, kind in enumerate(kinds, start=1):
             if stop.is_set():
                 break
-            name = "with" if with_monitor else "without"
+            name = kind.name
             if on_event is not None:
-                on_event(RunStarted(t=0.0, run=name, number=number, with_monitor=with_monitor))
+                on_event(RunStarted(t=0.0, run=name, number=number, with_monitor=kind.monitor))
             result = await run_once(
                 settings,
-                with_monitor=with_monitor,
+                run=name,
                 workdir=base,
                 on_event=on_event,
                 on_tick=on_tick,
@@ -359,10 +378,7 @@ async def run_incident(
                         interrupted=result.interrupted,
                     )
                 )
-            if with_monitor:
-                report.with_monitor = result
-            else:
-                report.without = result
+            report.runs.append(result)
     return report
 
 

@@ -9,10 +9,18 @@ The outage kinds are the ways real CDP v4.6.5 leaks (CDP-FACTS.md section 1):
   create their channels later.
 - `ratelimit`: a 429 storm on channel creation; discordgo sleeps out every 429 and
   retries, so attempts pass 60 s the same way.
+- `ramp`: Discord slows down without ever failing: creation latency rises over the
+  first half of the outage from a tenth of discordgo's 20 s client timeout to just under
+  it, and stays there (`outage_steps`); no 5xx, no 429, only CDP's queue growing past
+  its attempt timeout.
 - `hung`: each create takes longer than the 20 s client timeout: the request fails at
   once (no retry), and Discord still creates the channel afterwards.
 - `tokens`: CDP's own trouble while Discord is fine: no user token left, so every chat
-  request is a 500 `no_available_user_auth` and no channel is made."""
+  request is a 500 `no_available_user_auth` and no channel is made.
+
+A run is one of `RUN_KINDS`: CDP alone (`without`), or cdp-monitor in front of it with
+its default gate (`with`), with the breaker alone (`breaker`: `gate.adaptive_limit:
+false`) or with the breaker and the adaptive create limit (`limit`)."""
 
 from __future__ import annotations
 
@@ -27,12 +35,48 @@ from monitor.sim.cdp.settings import REQUEST_OUT_TIME
 from monitor.sim.discord import DiscordSimulator
 
 # How Discord misbehaves (`outage_faults` makes each; `narration.OUTAGE_TEXT` says it).
-OUTAGE_KINDS = ("slow", "ratelimit", "hung", "tokens")
-DISCORD_KINDS = frozenset({"slow", "ratelimit", "hung"})
+OUTAGE_KINDS = ("slow", "ramp", "ratelimit", "hung", "tokens")
+DISCORD_KINDS = frozenset({"slow", "ramp", "ratelimit", "hung"})
+RAMP_STEPS = 10  # `ramp`: the latency is set anew this many times over the outage
+RAMP_FROM, RAMP_TO = 0.1, 0.85  # `ramp`: first and last latency, x discordgo's timeout
+RAMP_SHARE = 0.5  # `ramp`: the share of the outage it rises over (then it stays)
 CDP_ATTEMPT_TIMEOUT = 60.0  # CreateChannelWithRetry's, in real CDP
 CDP_HTTP_TIMEOUT = 20.0  # discordgo's http.Client
 SCENARIOS = ("incident", "prefill")
 CREATE_ROUTE = "POST /guilds/{guild_id}/channels"
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """What stands in front of CDP in one run."""
+
+    name: str
+    monitor: bool  # cdp-monitor's gate between the clients and CDP
+    adaptive_limit: bool | None  # gate.adaptive_limit; None: the daemon's default
+    header: str  # the run's column in the side-by-side table
+
+
+RUN_KINDS: dict[str, RunKind] = {
+    k.name: k
+    for k in (
+        RunKind("without", False, None, "without cdp-monitor"),
+        RunKind("with", True, None, "with cdp-monitor"),
+        RunKind("breaker", True, False, "breaker alone"),
+        RunKind("limit", True, True, "breaker + limit"),
+    )
+}
+DEFAULT_RUNS = ("without", "with")  # the demo's two runs
+COMPARE_RUNS = ("without", "breaker", "limit")  # bench/incident.py --compare-limit
+
+
+def run_kinds(names: str | tuple[str, ...] | list[str]) -> tuple[RunKind, ...]:
+    """The runs named (a comma-separated string or a sequence), checked."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RUN_KINDS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(f"runs must be distinct names among {', '.join(RUN_KINDS)}")
+    return tuple(RUN_KINDS[n] for n in names)
 
 
 @dataclass(frozen=True)
@@ -109,8 +153,9 @@ class ScenarioSettings:
     def create_latency(self) -> float:
         """How long Discord takes to create a channel during the outage (seconds):
         `slow` 0.8 of discordgo's timeout (16 s real; a queue of 4 passes 60 s),
-        `hung` 1.6 times it (32 s real: a 20 s error, the channel comes later)."""
-        factor = {"slow": 0.8, "ratelimit": 0.1, "hung": 1.6, "tokens": 0.0}
+        `ramp` at its peak 0.85 of it (17 s real), `hung` 1.6 times it (32 s real: a
+        20 s error, the channel comes later)."""
+        factor = {"slow": 0.8, "ramp": RAMP_TO, "ratelimit": 0.1, "hung": 1.6, "tokens": 0.0}
         return factor[self.outage_kind] * self.http_timeout
 
     @property
@@ -145,6 +190,8 @@ def outage_faults(settings: ScenarioSettings) -> dict[str, Any]:
             },
             "gateway": {"hello_delay_ms": 3000},
         }
+    if kind == "ramp":
+        return outage_steps(settings)[0][1]
     if kind == "ratelimit":
         return {
             "rest": {"latency_ms": latency, "shared_429_rate": 0.6, "routes": [CREATE_ROUTE]},
@@ -155,6 +202,23 @@ def outage_faults(settings: ScenarioSettings) -> dict[str, Any]:
             "gateway": {"refuse": True},
         }
     return {"rest": {}}
+
+
+def outage_steps(settings: ScenarioSettings) -> list[tuple[float, dict[str, Any]]]:
+    """(seconds into the outage, `PUT /_sim/faults` body) pairs: one at 0 for every kind
+    but `ramp`, whose create latency rises in `RAMP_STEPS` even steps from `RAMP_FROM` to
+    `RAMP_TO` of discordgo's client timeout (a little jitter, never reaching it) over
+    `RAMP_SHARE` of the outage, then stays."""
+    if settings.outage_kind != "ramp":
+        return [(0.0, outage_faults(settings))]
+    http_ms = settings.http_timeout * 1000
+    steps = []
+    for i in range(RAMP_STEPS):
+        factor = RAMP_FROM + (RAMP_TO - RAMP_FROM) * i / (RAMP_STEPS - 1)
+        rest = {"latency_ms": factor * http_ms, "jitter_ms": 0.05 * http_ms}
+        offset = settings.outage * RAMP_SHARE * i / (RAMP_STEPS - 1)
+        steps.append((offset, {"rest": rest | {"routes": [CREATE_ROUTE]}}))
+    return steps
 
 
 def cdp_faults(settings: ScenarioSettings) -> dict[str, Any] | None:
@@ -171,8 +235,13 @@ def daemon_config_dict(
     *,
     state_dir: Path,
     cdp_log: Path,
+    adaptive_limit: bool | None = None,
 ) -> dict[str, Any]:
-    """The daemon's config with time compressed as much as CDP's timeouts are."""
+    """The daemon's config with time compressed as much as CDP's timeouts are;
+    `adaptive_limit` sets `gate.adaptive_limit` (None: the daemon's default)."""
+    gate = _gate_section(settings, cdp)
+    if adaptive_limit is not None:
+        gate["adaptive_limit"] = adaptive_limit
     return {
         "discord": {
             "token": sim.settings.token,
@@ -195,7 +264,7 @@ def daemon_config_dict(
         "signals": {"cdp_log": {"enabled": True, "file": str(cdp_log)}, "gate": True},
         "health": {"window": "2500ms", "min_samples": 3, "evaluate_interval": "250ms"},
         "breaker": {"reset_timeout": "2s", "success_threshold": 2, "max_reset_timeout": "4s"},
-        "gate": _gate_section(settings, cdp),
+        "gate": gate,
         "reconcile": _reconcile_section(settings),
         # CHANNEL_AUTO_DEL_TIME, and CDP's timers as compressed as the emulator's: the
         # attempt timeout is the adaptive limit's deadline and the slots' window.

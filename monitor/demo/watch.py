@@ -24,9 +24,13 @@ from monitor.demo.events import (
 )
 from monitor.demo.load import LoadGenerator
 from monitor.demo.observe import DaemonView
-from monitor.demo.results import RunResult
+from monitor.demo.results import RunResult, breaker_open_for
 from monitor.demo.settings import CREATE_ROUTE, ScenarioSettings
 from monitor.sim.cdp import CdpEmulator
+
+# Discord's 30013 as CDP logs it; not a bare "30013", which CDP's request ids (a
+# timestamp and nanoseconds) contain now and then.
+from monitor.sim.cdp.settings import FULL_GUILD_TEXT
 from monitor.sim.discord import DiscordSimulator
 from monitor.sim.discord.models import THREAD_TYPES
 from monitor.vocab import CHANNEL_PREFIX
@@ -42,6 +46,10 @@ MONITOR_ROUTES = frozenset(
         "DELETE /channels/{channel_id}",
     }
 )
+# CDP's line for each timed-out create attempt (discord/channel.go:158).
+RETRYING = "Create channel timed out, retrying..."
+# CDP's routes that create a channel for the request (the load sends chat completions).
+CREATE_PATHS = frozenset({"/v1/chat/completions", "/v1/images/generations"})
 LEAK_EVENT_EVERY = 4.0  # seconds: new leaks are told together, at most this often
 
 
@@ -209,7 +217,7 @@ class Watcher:
     def _notice_cdp_log(self) -> None:
         """First-time events read from CDP's log lines."""
         log = self.cdp.log_lines
-        if "full" not in self._told and any("30013" in line for line in log):
+        if "full" not in self._told and any(FULL_GUILD_TEXT in line for line in log):
             self._once("full", GuildFull(**self.stamp()))
         if "errored" not in self._told and any("Client.Timeout" in line for line in log):
             self._once("errored", CreateErrored(**self.stamp(), http_timeout=self.s.http_timeout))
@@ -269,6 +277,8 @@ class Watcher:
             r.reconcile_reasons = self.daemon.deleted_by_reason()
             r.reconcile_deleted = sum(r.reconcile_reasons.values())
             r.half_open_periods = self.daemon.transitions_to("half_open")
+            r.breaker_open_for = breaker_open_for(r.events, r.duration)
+            r.limited = self.daemon.gate_decisions().get("limited", 0)
         return r
 
     def _leaked_at_end(self, tick: Tick) -> int:
@@ -289,7 +299,11 @@ class Watcher:
     def _count_discord_and_cdp(self) -> None:
         r = self.result
         lines = list(self.cdp.log_lines)
-        r.errors_30013 = sum(1 for line in lines if "30013" in line)
+        r.errors_30013 = sum(1 for line in lines if FULL_GUILD_TEXT in line)
+        r.retrying_lines = sum(1 for line in lines if RETRYING in line)
+        r.creates_at_cdp = sum(
+            n for (path, _), n in self.cdp.stats.requests.items() if path in CREATE_PATHS
+        )
         r.in_use_deleted = sum(1 for line in lines if "user_auth:" in line and "10003" in line)
         requests = self.sim.state.requests
         r.discord_30013 = requests.get((CREATE_ROUTE, 400), 0)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.clock import Clock
+from monitor.clock import Clock, wait_event
 from monitor.config import GateConfig
 from monitor.gate.limit import CreateQueue, LimitSettings, Verdict, retry_after_seconds
 from monitor.gate.slots import CreateSlot, PendingCreations
@@ -25,6 +25,7 @@ from monitor.vocab import GATEWAY_TRIGGER_WORDS, OPEN_STATES
 
 MAX_RETRY_AFTER = 120
 _FAIL_OPEN_LOG_EVERY = 30.0  # seconds between repeats of the fail-open error line
+_LIMIT_LOG_EVERY = 30.0  # at most one "create limit" line per this many seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,8 @@ class RateCap:
 
 class CreateAdmission:
     """Admission of channel-creating requests. :meth:`admit` then, when admitted,
-    :meth:`acquire`; a successful acquire must be paired with :meth:`release`."""
+    :meth:`acquire`; the slot it returns must be released when CDP's creation is over
+    (monitor/gate/slots.py says what frees it)."""
 
     def __init__(
         self,
@@ -106,6 +108,7 @@ class CreateAdmission:
         self._blocked = blocked or (lambda: 0.0)
         self._queue_changed = asyncio.Event()
         self._shown_limit = config.max_concurrent_creates
+        self._limit_logged_at: float | None = None
         self.pending.on_channel = self._channel_created
         self.pending.on_released = self._slot_released
         self._last_fail_open_log: float | None = None
@@ -228,17 +231,10 @@ class CreateAdmission:
                 )
                 return Refusal("limited", message, retry_after_seconds(verdict, MAX_RETRY_AFTER))
             # Wake on a finished create, or when time alone may have made room.
-            await self._wait_queue_change(min(left, max(0.01, verdict.retry_after)))
+            await wait_event(
+                self._queue_changed, min(left, max(0.01, verdict.retry_after)), self._clock
+            )
         return None
-
-    async def _wait_queue_change(self, timeout: float) -> None:
-        changed = asyncio.ensure_future(self._queue_changed.wait())
-        timer = asyncio.ensure_future(self._clock.sleep(timeout))
-        try:
-            await asyncio.wait({changed, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            changed.cancel()
-            timer.cancel()
 
     def _queue_change(self) -> None:
         self._queue_changed.set()
@@ -267,8 +263,10 @@ class CreateAdmission:
         self._metrics.gate_create_predicted_wait.set(verdict.predicted_wait)
         self._metrics.gate_create_seconds.set(verdict.per_create)
         old, new = self._shown_limit, verdict.limit
-        if new * 2 <= old or old * 2 <= new:
-            self._shown_limit = new
+        now = self._clock.monotonic()
+        quiet = self._limit_logged_at is None or now - self._limit_logged_at >= _LIMIT_LOG_EVERY
+        if quiet and (new * 2 <= old or old * 2 <= new):
+            self._shown_limit, self._limit_logged_at = new, now
             assert self.queue is not None
             self._log.warning(
                 "create limit %d -> %d: Discord takes %.1fs per channel, CDP gives up on an "

@@ -304,6 +304,8 @@ class Gate:
 
         def answered(request_id: str | None) -> None:
             if slot is not None:
+                if request_id:
+                    self._admission.pending.answered(request_id)
                 slot.release("answer")  # CDP answers: its creation is over (DESIGN 7)
             if request_id and create and self._ledger is not None:
                 self._ledger.opened(request_id, self._clock.time())

@@ -34,7 +34,9 @@ class LimitSettings:
     attempt_timeout: float  # cdp.create_attempt_timeout: CDP's per-attempt deadline
     headroom: float  # gate.limit_headroom: share of it kept in reserve
     max_pending: int  # gate.max_concurrent_creates: the limit when nothing is measured
-    window: float = 0.0  # cdp's creation window: a create older than it is given up (0: never)
+    # CDP's creation window: a create older than it is given up, a measurement older
+    # than it forgotten (0: never; then a Discord too slow for one create stays refused).
+    window: float = 0.0
 
     @property
     def budget(self) -> float:
@@ -81,7 +83,7 @@ class CreateQueue:
         self._pending: dict[int, float] = {}  # ticket -> admission time, oldest first
         self._next_ticket = 0
         self._last_done: float | None = None
-        self._service: deque[float] = deque(maxlen=SAMPLES)
+        self._service: deque[tuple[float, float]] = deque(maxlen=SAMPLES)  # (at, seconds)
         self.admitted = 0
         self.completed = 0
 
@@ -89,10 +91,17 @@ class CreateQueue:
     def pending(self) -> int:
         return len(self._pending)
 
-    @property
-    def per_create(self) -> float:
-        """The creation time estimate: the slowest recent one (0 before any)."""
-        return max(self._service, default=0.0)
+    def per_create(self, now: float) -> float:
+        """The creation time estimate: the slowest recent one (0 before any). A
+        measurement older than CDP's creation window is forgotten, so a Discord once too
+        slow for even one create gets a new trial (its answer is a fresh measurement)."""
+        self._forget(now)
+        return max((seconds for _, seconds in self._service), default=0.0)
+
+    def _forget(self, now: float) -> None:
+        window = self.settings.window
+        while self._service and window > 0 and now - self._service[0][0] >= window:
+            self._service.popleft()
 
     def admit(self, now: float) -> int:
         """Record an admitted create; returns its ticket for :meth:`ended`."""
@@ -110,7 +119,7 @@ class CreateQueue:
             return None
         ticket = next(iter(self._pending))
         service = max(0.0, now - self._started(self._pending.pop(ticket)))
-        self._service.append(service)
+        self._service.append((now, service))
         self._last_done = now
         self.completed += 1
         return service
@@ -144,16 +153,25 @@ class CreateQueue:
 
     def verdict(self, now: float, blocked: float = 0.0) -> Verdict:
         """May one more create go ahead now? `blocked`: seconds the bot is known to be
-        blocked (a global 429). Never refuses with nothing pending: a lone create does
-        not queue, and a Discord too slow for even one is the breaker's business."""
+        blocked (a global 429). Only if its predicted wait fits the budget, even with
+        nothing pending: a create that cannot finish in time leaks whatever else
+        happens."""
         self._expire(now)
         s = self.settings
         n = self.pending
-        wait, per = predict_wait(n, self.head_started(), self.per_create, now, blocked)
-        limit = s.max_pending if per <= 0 else max(1, int(min(s.max_pending, s.budget // per)))
-        if n == 0 or wait <= s.budget:
-            return Verdict(True, wait, limit, 0.0, per)
-        return Verdict(False, wait, limit, wait - s.budget, per)
+        wait, per = predict_wait(n, self.head_started(), self.per_create(now), now, blocked)
+        room = s.budget - blocked  # what a known global 429 leaves of the budget
+        limit = s.max_pending if per <= 0 else int(min(s.max_pending, max(0.0, room) // per))
+        if room < 0:
+            limit = 0
+        if wait <= s.budget:
+            return Verdict(True, wait, max(1, limit), 0.0, per)
+        drain = wait - s.budget
+        if n == 0 and per > s.budget:
+            # Too slow even alone: the slow measurements must age out first.
+            ages = [at + s.window - now for at, sec in self._service if sec > s.budget]
+            drain = max([blocked, *ages])
+        return Verdict(False, wait, limit, max(0.0, drain), per)
 
 
 def retry_after_seconds(verdict: Verdict, cap: int) -> int:

@@ -24,6 +24,8 @@ from typing import Any, Protocol
 from monitor.clock import Clock
 from monitor.vocab import CHANNEL_PREFIX
 
+ANSWERED_KEPT = 512  # answered requests remembered: far more than creates in flight
+
 
 class ChannelEvents(Protocol):
     """What the gate needs of the gateway session's live guild
@@ -68,6 +70,11 @@ class PendingCreations:
         # Called on every channel of CDP's that appears, and on every release.
         self.on_channel: Callable[[], None] | None = None
         self.on_released: Callable[[CreateSlot, str], None] | None = None
+        # Channel names of requests CDP has answered: their creation is accounted for,
+        # so a later channel of that name (a timed-out attempt's twin, a create past
+        # discordgo's client timeout) is not credited to the next pending create.
+        self._answered: deque[str] = deque(maxlen=ANSWERED_KEPT)
+        self.late_ignored = 0
 
     def open(self) -> CreateSlot:
         slot = CreateSlot(self._released)
@@ -87,9 +94,16 @@ class PendingCreations:
 
         return detach
 
+    def answered(self, request_id: str) -> None:
+        """CDP answered the request with this id (its `X-Request-Id`)."""
+        self._answered.append(CHANNEL_PREFIX + request_id)
+
     def _event(self, event: Any) -> None:
         name = getattr(event, "name", None) or ""
         if getattr(event, "kind", None) != "created" or not name.startswith(CHANNEL_PREFIX):
+            return
+        if name in self._answered:
+            self.late_ignored += 1
             return
         if self._held:
             self._held[0].release("channel")  # the oldest pending create owns it
@@ -123,4 +137,9 @@ class PendingCreations:
         how += " when CDP's answer starts"
         if self.window:
             how += f" or after CDP's creation window ({self.window:g}s)"
-        return {"pending": len(self._held), "released": dict(self.releases), "release_on": how}
+        return {
+            "pending": len(self._held),
+            "released": dict(self.releases),
+            "release_on": how,
+            "late_channels_ignored": self.late_ignored,
+        }

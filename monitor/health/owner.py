@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from monitor.clock import Clock
+from monitor.clock import Clock, wait_event
 from monitor.config import Config
 from monitor.health.breaker import (
     STATE_FORCED_OPEN,
@@ -233,13 +233,7 @@ class Health:
         retry_at = self.breaker.retry_at
         if self.breaker.state in OPEN_STATES and retry_at is not None:
             timeout = min(timeout, max(0.0, retry_at - now))
-        changed = asyncio.ensure_future(self._change.wait())
-        timer = asyncio.ensure_future(self._clock.sleep(timeout))
-        try:
-            await asyncio.wait({changed, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            changed.cancel()
-            timer.cancel()
+        await wait_event(self._change, timeout, self._clock)
 
     def breaker_state(self, now: float) -> tuple[str, float]:
         """The breaker's state at `now` and since when it has been in it."""
