@@ -30,7 +30,8 @@ from monitor.demo import (
     run_kinds,
     summary_rows,
 )
-from monitor.demo.events import BreakerChanged, Event, RunStarted
+from monitor.demo.events import BreakerChanged, Event, LimitLowered, RunStarted
+from monitor.demo.narration import event_text
 from monitor.demo.results import breaker_open_for
 from monitor.demo.settings import CREATE_ROUTE
 from monitor.sim.cdp import CdpEmulator, CdpSettings
@@ -188,3 +189,8 @@ def test_the_table_has_a_column_per_run_and_the_limit_rows() -> None:
     assert rows["creates refused by the limit"] == ["-", "0", "7"]
     assert rows["client success ratio"] == ["83%", "83%", "83%"]
     assert len(lines) == len(rows)
+
+
+def test_the_demo_narrates_the_limit_coming_down() -> None:
+    text = event_text(LimitLowered(t=4.3, run="with", limit=2, per_create=0.4, budget=1.125))
+    assert "0.4s per channel" in text and "at most 2 creates" in text and "1.125s" in text

@@ -109,6 +109,15 @@ class GateRefusing(Event):
 
 
 @dataclass(frozen=True)
+class LimitLowered(Event):
+    """The gate's adaptive create limit first fell below the concurrency cap."""
+
+    limit: int  # creates that may be pending at CDP now
+    per_create: float  # Discord's measured creation time, seconds
+    budget: float  # the longest predicted wait a create is admitted with
+
+
+@dataclass(frozen=True)
 class ReconcileDeleted(Event):
     count: int  # new since the last such event
     total: int

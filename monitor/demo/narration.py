@@ -1,5 +1,6 @@
 """Every English sentence of the demo and the benchmark: what the scenario does
-(`describe`), each event of a run (`event_text`), what the numbers mean (`meaning`),
+(`describe`), each event of a run (`event_text`; cdp-monitor's own in
+`narration_monitor`), what the numbers mean (`meaning`),
 and the `Narrator` that prints a run live from its events and ticks (the side-by-side
 table, labels included, is `results.summary_rows` and `results.format_summary`)."""
 
@@ -9,23 +10,21 @@ import textwrap
 from typing import TextIO
 
 from monitor.demo.events import (
-    BreakerChanged,
     CdpTrouble,
     ChannelsLeaked,
     CreateErrored,
     CreateTimedOut,
     Draining,
     Event,
-    GateRefusing,
     GuildFull,
     OutageStarted,
-    ReconcileDeleted,
     Recovered,
     RunFinished,
     RunStarted,
     Tick,
     UnderWatermark,
 )
+from monitor.demo.narration_monitor import monitor_text, plural
 from monitor.demo.results import IncidentReport, RunResult, format_summary
 from monitor.demo.settings import ScenarioSettings
 from monitor.vocab import CHANNEL_PREFIX
@@ -87,51 +86,10 @@ far that succeeded, were refused by cdp-monitor (503 with Retry-After), or faile
 # -- events in sentences --------------------------------------------------------------------
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-_DELETE_WHY = {
-    "ledger_failed": "their request had failed",
-    "ledger_completed": "their request had finished long ago",
-    "empty_aged": "empty and old enough",
-    "stale": "inactive too long",
-}
-
-
-def _breaker_text(e: BreakerChanged) -> str:
-    if e.first_open:
-        return (
-            f"cdp-monitor: breaker OPEN: {e.reason}. "
-            f"{_plural(e.inflight, 'channel-creating request')} had "
-            "already been let in (in flight at CDP or queued at the gate); new ones "
-            "are refused from now on."
-        )
-    if e.new == "open":
-        return f"cdp-monitor: breaker open again: {e.reason}."
-    if e.new == "half_open":
-        return (
-            "cdp-monitor: breaker half-open: letting one trial request through to "
-            "see whether Discord is back."
-        )
-    if e.new == "closed":
-        return f"cdp-monitor: breaker CLOSED ({e.reason}); creation resumes."
-    return f"cdp-monitor: breaker {e.new}: {e.reason}."
-
-
-def _reconcile_text(e: ReconcileDeleted) -> str:
-    reasons = "; ".join(f"{v} {_DELETE_WHY.get(k, k)}" for k, v in sorted(e.by_reason.items()))
-    trigger = (
-        "an emergency run (guild above the high watermark)" if e.emergency else f"a {e.trigger} run"
-    )
-    return (
-        f"cdp-monitor: {trigger} deleted {_plural(e.count, 'leaked channel')} "
-        f"({e.total} so far: {reasons})."
-    )
-
-
 def event_text(event: Event) -> str:
     """The sentence for one event of a run."""
+    if (text := monitor_text(event)) is not None:
+        return text
     match event:
         case OutageStarted():
             effect = _OUTAGE_EFFECT[event.kind].format(
@@ -158,8 +116,6 @@ def event_text(event: Event) -> str:
             return "Discord recovers: every fault is cleared."
         case Draining():
             return "The clients stop sending; waiting for the requests still out to finish."
-        case BreakerChanged():
-            return _breaker_text(event)
         case CreateTimedOut():
             return (
                 'CDP: "Create channel timed out, retrying...1": its attempt gave up after '
@@ -168,7 +124,7 @@ def event_text(event: Event) -> str:
             )
         case ChannelsLeaked():
             return (
-                f"{_plural(event.count, 'channel')} appeared from abandoned create "
+                f"{plural(event.count, 'channel')} appeared from abandoned create "
                 f"attempts ({event.total} so far): leaked, no delete timer."
             )
         case GuildFull():
@@ -176,14 +132,6 @@ def event_text(event: Event) -> str:
                 "Discord answers 30013 (Maximum number of server channels reached): "
                 "the guild is full and every new chat request through CDP now fails."
             )
-        case GateRefusing():
-            return (
-                "cdp-monitor: creation paused: the gate answers new chat requests "
-                "with 503 and Retry-After instead of passing them to CDP; requests "
-                "that reuse a channel and /v1/models still pass."
-            )
-        case ReconcileDeleted():
-            return _reconcile_text(event)
         case UnderWatermark():
             return (
                 f"The guild is back under the high watermark: {event.channels} channels "
@@ -262,7 +210,14 @@ def _meaning_with(m: RunResult, s: ScenarioSettings) -> str:
             "clients honoured."
         )
     )
-    if m.leaked_at_end == 0 and m.recovery_to_clean is not None:
+    if m.leaked_at_end == 0 and m.late_channels == 0:
+        cleaned = (
+            "No create attempt timed out, so nothing leaked: the adaptive create limit "
+            "kept CDP's queue short enough for every create to finish within CDP's attempt "
+            f"timeout ({m.limited} creates refused by it with Retry-After, "
+            f"{m.in_use_deleted} conversations lost their channel)."
+        )
+    elif m.leaked_at_end == 0 and m.recovery_to_clean is not None:
         cleaned = (
             f"The requests already in flight left {m.late_channels} channels behind; "
             f"the reconciler deleted them (and nothing in use: "

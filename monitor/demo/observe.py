@@ -94,6 +94,11 @@ class DaemonView:
         gate = self._daemon.gate
         return {} if gate is None else {k: int(v) for k, v in gate.status()["decisions"].items()}
 
+    def create_limit(self) -> dict[str, Any]:
+        """The adaptive create limit's part of `/status` (monitor/gate/limit.py)."""
+        gate = self._daemon.gate
+        return {} if gate is None else dict(gate.status()["limit"])
+
     def gate_refused_unstable(self) -> bool:
         gate = self._daemon.gate
         return gate is not None and bool(gate.status()["decisions"].get("refused_unstable"))

@@ -18,6 +18,7 @@ from monitor.demo.events import (
     Event,
     GateRefusing,
     GuildFull,
+    LimitLowered,
     ReconcileDeleted,
     Tick,
     UnderWatermark,
@@ -230,6 +231,19 @@ class Watcher:
             return
         if self.daemon.gate_refused_unstable():
             self._once("refusing", GateRefusing(**self.stamp()))
+        limit = self.daemon.create_limit()
+        if limit.get("active") and limit.get("limit", self.s.max_concurrent_creates) < (
+            self.s.max_concurrent_creates
+        ):
+            self._once(
+                "limit",
+                LimitLowered(
+                    **self.stamp(),
+                    limit=int(limit["limit"]),
+                    per_create=float(limit["per_create"]),
+                    budget=float(limit["budget"]),
+                ),
+            )
         report = self.daemon.last_reconcile()
         if report is None or report.run_id == self._last_run_id:
             return
