@@ -17,7 +17,7 @@ from typing import Any
 
 from monitor.clock import Clock, wait_event
 from monitor.config import GateConfig
-from monitor.gate.limit import CreateQueue, LimitSettings, Verdict, retry_after_seconds
+from monitor.gate.limit import CreateQueue, LimitSettings, Verdict
 from monitor.gate.slots import CreateSlot, PendingCreations
 from monitor.health.owner import Admission, Health
 from monitor.metrics import Metrics
@@ -213,14 +213,17 @@ class CreateAdmission:
         return self.queue is not None and events is not None and events.current
 
     def verdict(self) -> Verdict | None:
+        """The limit's verdict on one more create now (None: the limit is off or stands
+        aside). No side effects: `/status` asks it too."""
         if self.queue is None or not self.limit_active():
             return None
-        verdict = self.queue.verdict(self._clock.monotonic(), max(0.0, self._blocked()))
-        self._show(verdict)
-        return verdict
+        return self.queue.verdict(self._clock.monotonic(), max(0.0, self._blocked()))
 
     async def _within_limit(self, deadline: float) -> Refusal | None:
-        while (verdict := self.verdict()) is not None and not verdict.admit:
+        while (verdict := self.verdict()) is not None:
+            self._show(verdict)
+            if verdict.admit:
+                return None
             left = deadline - self._clock.monotonic()
             if left <= 0:
                 assert self.queue is not None
@@ -229,7 +232,7 @@ class CreateAdmission:
                     f"{self.queue.pending} pending): another one now would wait "
                     f"{verdict.predicted_wait:.0f}s, past CDP's attempt timeout"
                 )
-                return Refusal("limited", message, retry_after_seconds(verdict, MAX_RETRY_AFTER))
+                return Refusal("limited", message, _retry_after(math.ceil(verdict.retry_after)))
             # Wake on a finished create, or when time alone may have made room.
             await wait_event(
                 self._queue_changed, min(left, max(0.01, verdict.retry_after)), self._clock
@@ -279,12 +282,11 @@ class CreateAdmission:
         """`/status` -> gate.limit."""
         if self.queue is None:
             return {"enabled": False}
-        active = self.limit_active()
-        verdict = self.verdict() if active else None
+        verdict = self.verdict()
         q = self.queue
         out: dict[str, Any] = {
             "enabled": True,
-            "active": active,
+            "active": verdict is not None,
             "pending": q.pending,
             "admitted": q.admitted,
             "completed": q.completed,
@@ -322,8 +324,13 @@ class CreateAdmission:
         return False
 
 
+def _retry_after(seconds: float) -> int:
+    """A refusal's Retry-After in whole seconds, 1 to MAX_RETRY_AFTER."""
+    return int(min(MAX_RETRY_AFTER, max(1, seconds)))
+
+
 def _refusal(admission: Admission) -> Refusal:
-    retry_after = int(min(MAX_RETRY_AFTER, max(1, admission.retry_after)))
+    retry_after = _retry_after(admission.retry_after)
     if admission.pause_reason is not None:
         reason = admission.pause_reason
         if any(word in reason.lower() for word in GATEWAY_TRIGGER_WORDS):

@@ -22,7 +22,6 @@ records, :func:`predict_wait` and :meth:`CreateQueue.verdict` decide.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -161,9 +160,10 @@ class CreateQueue:
         n = self.pending
         wait, per = predict_wait(n, self.head_started(), self.per_create(now), now, blocked)
         room = s.budget - blocked  # what a known global 429 leaves of the budget
-        limit = s.max_pending if per <= 0 else int(min(s.max_pending, max(0.0, room) // per))
         if room < 0:
             limit = 0
+        else:
+            limit = s.max_pending if per <= 0 else int(min(s.max_pending, room // per))
         if wait <= s.budget:
             return Verdict(True, wait, max(1, limit), 0.0, per)
         drain = wait - s.budget
@@ -172,8 +172,3 @@ class CreateQueue:
             ages = [at + s.window - now for at, sec in self._service if sec > s.budget]
             drain = max([blocked, *ages])
         return Verdict(False, wait, limit, max(0.0, drain), per)
-
-
-def retry_after_seconds(verdict: Verdict, cap: int) -> int:
-    """Whole seconds for a refusal's Retry-After: the predicted drain, 1..cap."""
-    return int(min(cap, max(1, math.ceil(verdict.retry_after))))

@@ -126,8 +126,10 @@ class _Tail:
 
 
 def _mark(tail: _Tail, on_mark: OnMark | None, path: Path, at: float) -> None:
-    pos = tail.position() if on_mark is not None else None
-    if on_mark is not None and pos is not None:
+    if on_mark is None:
+        return
+    pos = tail.position()
+    if pos is not None:
         on_mark(path, pos[0], pos[1], at)
 
 
