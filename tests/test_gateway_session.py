@@ -6,6 +6,7 @@ detection, zlib-stream, dispatch into the live guild."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -186,6 +187,15 @@ class Harness:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
 
+    @contextlib.asynccontextmanager
+    async def running(self, http: aiohttp.ClientSession) -> AsyncIterator[GatewaySession]:
+        """The session running for the block, stopped after it whatever happens."""
+        session = await self.start(http)
+        try:
+            yield session
+        finally:
+            await self.stop()
+
     def value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
         return self.metrics.registry.get_sample_value(name, labels or {})
 
@@ -211,8 +221,7 @@ async def test_identifies_once_then_resumes_after_op7_and_drops(
     gateway: FakeGateway, http: aiohttp.ClientSession, tmp_path: Any
 ) -> None:
     h = Harness(gateway, str(tmp_path), SYSTEM_CLOCK)
-    session = await h.start(http)
-    try:
+    async with h.running(http) as session:
         identify = await gateway.next_op(2)
         assert identify["d"]["intents"] == 513 and identify["d"]["token"] == TOKEN
         await until(lambda: session.state == "up")
@@ -243,8 +252,6 @@ async def test_identifies_once_then_resumes_after_op7_and_drops(
         assert h.value("cdpmon_guild_channels", {"guild": str(GUILD)}) == 2
         assert h.value("cdpmon_gateway_reconnects_total", {"reason": "reconnect"}) == 1
         assert h.state.load_identifies() and len(h.state.load_identifies()) == 1
-    finally:
-        await h.stop()
 
 
 async def test_reidentifies_only_when_the_session_is_gone(
@@ -252,8 +259,7 @@ async def test_reidentifies_only_when_the_session_is_gone(
 ) -> None:
     h = Harness(gateway, str(tmp_path), SYSTEM_CLOCK)
     h.rest.max_concurrency = 2  # no 5 s spacing between the two IDENTIFYs
-    session = await h.start(http)
-    try:
+    async with h.running(http) as session:
         await gateway.next_op(2)
         await until(lambda: session.state == "up")
         await gateway.send({"op": 9, "d": True})  # resumable
@@ -269,8 +275,6 @@ async def test_reidentifies_only_when_the_session_is_gone(
         await until(lambda: session.counts["identifies"] == 2 and session.state == "up")
         assert gateway.paths[-1] == "/"  # a new session starts at the cached URL
         assert h.value("cdpmon_gateway_reconnects_total", {"reason": "invalid_session"}) == 2
-    finally:
-        await h.stop()
 
 
 async def test_close_codes_that_forbid_resume(
@@ -278,8 +282,7 @@ async def test_close_codes_that_forbid_resume(
 ) -> None:
     clock = ManualClock()
     h = Harness(gateway, str(tmp_path), clock)
-    session = await h.start(http)
-    try:
+    async with h.running(http) as session:
         await gateway.next_op(2)
         await until(lambda: session.state == "up")
         await gateway.conns[-1].close(code=4009)  # session timed out: a new one
@@ -295,24 +298,19 @@ async def test_close_codes_that_forbid_resume(
         await until(lambda: session.counts["identifies"] == 2)
         assert session.last_close_code == 4009
         assert 6 not in gateway.ops
-    finally:
-        await h.stop()
 
 
 async def test_4004_stops_the_session_like_a_rest_401(
     gateway: FakeGateway, http: aiohttp.ClientSession, tmp_path: Any
 ) -> None:
     h = Harness(gateway, str(tmp_path), SYSTEM_CLOCK)
-    session = await h.start(http)
-    try:
+    async with h.running(http) as session:
         await gateway.next_op(2)
         await gateway.conns[-1].close(code=4004)
         await until(lambda: session.state == "stopped")
         assert h.value("cdpmon_discord_token_invalid") == 1
         assert session.status(0.0)["fallback"]["reason"] == "stopped"
         assert len(gateway.conns) == 1
-    finally:
-        await h.stop()
 
 
 async def test_below_the_reserve_it_never_identifies_and_says_so(
@@ -321,8 +319,7 @@ async def test_below_the_reserve_it_never_identifies_and_says_so(
     clock = ManualClock()
     h = Harness(gateway, str(tmp_path), clock)
     h.rest.remaining = 99
-    session = await h.start(http)
-    try:
+    async with h.running(http) as session:
         await until(lambda: session.state == "fallback")
         assert h.value("cdpmon_gateway_identify_blocked") == 1
         status = session.status(clock.time())
@@ -337,8 +334,6 @@ async def test_below_the_reserve_it_never_identifies_and_says_so(
         clock.advance(3600)
         await gateway.next_op(2)
         assert h.value("cdpmon_gateway_identify_blocked") == 0
-    finally:
-        await h.stop()
 
 
 async def test_the_daily_maximum_survives_a_restart(
@@ -347,14 +342,11 @@ async def test_the_daily_maximum_survives_a_restart(
     clock = ManualClock()
     StateDir(str(tmp_path)).save_identifies([clock.time() - 60.0 * i for i in range(3)])
     h = Harness(gateway, str(tmp_path), clock, max_identifies_per_day=3)
-    session = await h.start(http)
-    try:
+    async with h.running(http) as session:
         await until(lambda: session.state == "fallback")
         assert session.status(clock.time())["fallback"]["reason"] == "daily_max"
         assert session.status(clock.time())["identifies_24h"] == 3
         assert gateway.conns == []
-    finally:
-        await h.stop()
 
 
 async def test_heartbeats_feed_latency_samples_and_a_missed_ack_resumes(
@@ -362,8 +354,7 @@ async def test_heartbeats_feed_latency_samples_and_a_missed_ack_resumes(
 ) -> None:
     clock = ManualClock()
     h = Harness(gateway, str(tmp_path), clock)
-    session = await h.start(http)
-    try:
+    async with h.running(http) as session:
         await gateway.next_op(2)
         await until(lambda: 0.0 in clock.sleeps)
         clock.advance(0)  # the jittered first beat (rand 0: at once)
@@ -388,22 +379,17 @@ async def test_heartbeats_feed_latency_samples_and_a_missed_ack_resumes(
         assert h.value("cdpmon_gateway_reconnects_total", {"reason": "heartbeat_timeout"}) == 1
         assert [s.ok for s in h.samples].count(False) == 1
         assert session.counts["identifies"] == 1
-    finally:
-        await h.stop()
 
 
 async def test_zlib_stream_transport(
     gateway: FakeGateway, http: aiohttp.ClientSession, tmp_path: Any
 ) -> None:
     h = Harness(gateway, str(tmp_path), SYSTEM_CLOCK, compress=True)
-    session = await h.start(http)
-    try:
+    async with h.running(http) as session:
         await gateway.next_op(2)
         await until(lambda: session.state == "up")
         assert gateway.queries[0]["compress"] == "zlib-stream"
         assert h.live.synced_from == "gateway"
-    finally:
-        await h.stop()
 
 
 async def test_resumes_that_keep_being_closed_end_in_a_new_session(
@@ -411,8 +397,7 @@ async def test_resumes_that_keep_being_closed_end_in_a_new_session(
 ) -> None:
     clock = ManualClock()
     h = Harness(gateway, str(tmp_path), clock)
-    session = await h.start(http)
-    try:
+    async with h.running(http) as session:
         await gateway.next_op(2)
         await until(lambda: session.state == "up")
         gateway.close_resumes = True
@@ -424,8 +409,6 @@ async def test_resumes_that_keep_being_closed_end_in_a_new_session(
 
         await until(identified_again)
         assert gateway.ops.count(6) == 3
-    finally:
-        await h.stop()
 
 
 async def test_a_refused_connect_backs_off_and_is_a_failure_sample(
@@ -434,8 +417,7 @@ async def test_a_refused_connect_backs_off_and_is_a_failure_sample(
     clock = ManualClock()
     gateway.refuse = 2
     h = Harness(gateway, str(tmp_path), clock)
-    session = await h.start(http)
-    try:
+    async with h.running(http) as session:
 
         def identified() -> bool:
             clock.advance(0.25)
@@ -446,5 +428,3 @@ async def test_a_refused_connect_backs_off_and_is_a_failure_sample(
         assert 0.5 in clock.sleeps and 1.0 in clock.sleeps  # 1 s base, doubling (jitter 0)
         assert h.value("cdpmon_gateway_reconnects_total", {"reason": "connect_failed"}) == 2
         assert session.counts["identifies"] == 1
-    finally:
-        await h.stop()
