@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 
 from monitor.clock import FakeClock
-from monitor.httpserve import start_site
 from monitor.sim.cdp import CdpEmulator, CdpSettings
 from monitor.sim.cdp.discordgo import DiscordgoClient, GoError
 from monitor.sim.cdp.settings import Stats
 from monitor.sim.discord import DiscordSimulator
+from tests.helpers.upstream import serve_all
 from tests.test_cdp_emulator import (
     CREATE_ROUTE,
     MakeEmu,
@@ -71,11 +71,8 @@ class FakeDiscord:
 @pytest.fixture
 async def fake() -> AsyncIterator[tuple[FakeDiscord, str]]:
     discord = FakeDiscord()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", discord.handle)
-    runner, port = await start_site(app, "127.0.0.1", 0)
-    yield discord, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serve_all(discord.handle) as url:
+        yield discord, url
 
 
 def client(base: str, clock: Any = None, **kw: Any) -> DiscordgoClient:

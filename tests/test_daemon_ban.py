@@ -16,12 +16,12 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from monitor.daemon import Daemon
 from monitor.sim.discord import DiscordSimulator
 from tests.helpers.daemon import fast_config, running_daemon
 from tests.helpers.sim import put_faults
+from tests.helpers.upstream import serve_all
 from tests.helpers.wait import wait_for
 
 BAN_SECONDS = 2  # the ban's Retry-After; the daemon must sit it out, then resume
@@ -85,14 +85,8 @@ def rest_probe_detail(daemon: Daemon) -> str:
 async def cloudflare_in_front(sim: DiscordSimulator) -> AsyncIterator[tuple[Cloudflare, str]]:
     async with aiohttp.ClientSession() as http:
         front = Cloudflare(sim.api_base, http)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", front.handle)
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
-        try:
-            yield front, str(server.make_url("/api/v10"))
-        finally:
-            await server.close()
+        async with serve_all(front.handle) as url:
+            yield front, url + "/api/v10"
 
 
 async def test_daemon_sits_out_a_ban_with_one_request_per_route(tmp_path: Path) -> None:

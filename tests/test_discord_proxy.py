@@ -20,6 +20,7 @@ from monitor.discord.transport import discord_route, discord_session
 from monitor.sim.discord import DiscordSimulator
 from tests.helpers.daemon import fast_config, running_daemon
 from tests.helpers.metrics import metric_value
+from tests.helpers.upstream import serve_all
 from tests.helpers.wait import wait_for
 
 # A name no resolver knows: only the proxy maps it to the simulator.
@@ -121,15 +122,8 @@ async def ok_upstream() -> AsyncIterator[str]:
     async def ok(_request: web.Request) -> web.Response:
         return web.json_response({"choices": []})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", ok)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve_all(ok) as url:
+        yield url
 
 
 async def test_probes_go_through_the_proxy_and_the_breaker_stays_closed(

@@ -24,6 +24,7 @@ from monitor.sim.discord import DiscordSimulator
 from monitor.vocab import CDP_ERROR_KINDS
 from tests.helpers.daemon import fast_config, running_daemon
 from tests.helpers.metrics import metric_value
+from tests.helpers.upstream import serve_all
 from tests.helpers.wait import wait_for
 
 CHAT = "/v1/chat/completions"
@@ -103,17 +104,8 @@ class FakeCdp:
 @pytest.fixture
 async def fake_cdp() -> AsyncIterator[tuple[FakeCdp, str]]:
     fake = FakeCdp()
-    app = web.Application(client_max_size=1024**3)
-    app.router.add_route("*", "/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield fake, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_all(fake.handle, client_max_size=1024**3) as url:
+        yield fake, url
 
 
 @contextlib.asynccontextmanager

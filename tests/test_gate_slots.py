@@ -18,6 +18,7 @@ from monitor.sim.discord import DiscordSimulator
 from tests.helpers.daemon import fast_config, running_daemon
 from tests.helpers.gate import FakeLive
 from tests.helpers.metrics import metric_value
+from tests.helpers.upstream import serve_all
 from tests.helpers.wait import wait_for
 
 CHAT = "/v1/chat/completions"
@@ -52,16 +53,11 @@ class SlowCdp:
 
 @contextlib.asynccontextmanager
 async def serving(fake: SlowCdp) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        fake.finish.set()
-        await runner.cleanup()
+    async with serve_all(fake.handle) as url:
+        try:
+            yield url
+        finally:
+            fake.finish.set()
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from monitor.clock import Clock, FakeClock, ManualClock
@@ -30,6 +29,7 @@ from monitor.discord.rest import DiscordRestClient
 from monitor.errors import DiscordCloudflareBan, DiscordError, DiscordRateLimited
 from monitor.metrics import Metrics
 from monitor.vocab import RATELIMIT_SCOPES
+from tests.helpers.upstream import serve_all
 
 DISCORD = {"Via": "1.1 google"}
 BAN_TEXT = "error code: 1015"
@@ -87,14 +87,8 @@ def _json(body: Any, *, status: int = 200, headers: dict[str, str]) -> web.Respo
 
 @asynccontextmanager
 async def front_door(door: FrontDoor) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", door.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield str(server.make_url("/api/v10"))
-    finally:
-        await server.close()
+    async with serve_all(door.handle) as url:
+        yield url + "/api/v10"
 
 
 def new_client(

@@ -15,7 +15,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from monitor import USER_AGENT
@@ -42,6 +41,7 @@ from monitor.sim.discord import DiscordSimulator, RouteLimit, SimSettings
 from tests.helpers import sim as sim_helpers
 from tests.helpers.metrics import sample_or_zero
 from tests.helpers.openapi import spec_request, validate_request
+from tests.helpers.upstream import serve_all
 
 GET_CHANNEL = "GET /channels/{channel_id}"
 
@@ -509,14 +509,8 @@ async def test_global_429s_under_real_concurrency_are_obeyed(http: aiohttp.Clien
 async def tiny_server(
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
 ) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield str(server.make_url("/api/v10"))
-    finally:
-        await server.close()
+    async with serve_all(handler) as url:
+        yield url + "/api/v10"
 
 
 async def test_truncated_answer_is_malformed(http: aiohttp.ClientSession) -> None:
